@@ -1,0 +1,175 @@
+"""Checkpoints: the toolkit's own format and the published ReFusion state_dicts.
+
+Toolkit checkpoint (a dict, loadable with ``torch.load(..., weights_only=True)``)::
+
+    {"format": "tdfusion", "version": 1,
+     "fusion":  {"arch": "fusion",  "config": {...}, "state_dict": {...}},
+     "lossgen": {"arch": "lossgen", "config": {...}, "state_dict": {...}},   # optional
+     "task":    {"name": "seg", "config": {...}, "state_dict": {...}},       # optional
+     "epoch": int, "step": int, "extra": {...}}                              # training state
+
+Only ``fusion`` is needed to fuse; it carries its architecture config so a checkpoint
+can be used without any training code or config file.
+
+Published ReFusion checkpoints (``ReFusion_{IVIF,MIF,MFIF,MEIF}.pth``) are plain
+state_dicts of the reference network, where each convolution weight appears twice
+(``x.weight`` and ``x.conv.weight``, the same tensor). :func:`convert_refusion_state_dict`
+checks the twins agree, renames the keys to this toolkit's module names and infers the
+architecture from the tensor shapes.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .errors import TDFusionError
+from .io import atomic_write
+from .nets import create_model
+
+FORMAT = "tdfusion"
+VERSION = 1
+
+__all__ = [
+    "FORMAT", "VERSION", "convert_refusion_state_dict", "load_checkpoint", "load_fusion_net",
+    "module_record", "save_checkpoint",
+]
+
+# Reference name -> toolkit name, applied in order to each key (first match wins per rule).
+_REFUSION_RENAMES: list[tuple[str, str]] = [
+    (r"^project_in_1\.", "embed_a."),
+    (r"^project_in_2\.", "embed_b."),
+    (r"^encoder1\.", "encoder_a."),
+    (r"^encoder2\.", "encoder_b."),
+    (r"\.norm([12])\.body\.", r".norm\1."),
+    (r"\.attn\.qkv\.weight$", ".attn.qkv.point.weight"),
+    (r"\.attn\.qkv_dwconv\.", ".attn.qkv.depth."),
+    (r"\.attn\.project_out\.", ".attn.proj."),
+    (r"\.ffn\.project_in\.", ".ffn.expand.point."),
+    (r"\.ffn\.dwconv\.", ".ffn.expand.depth."),
+    (r"\.ffn\.project_out\.", ".ffn.proj."),
+    (r"^FM\.temperature1$", "afm.temperature_a"),
+    (r"^FM\.temperature2$", "afm.temperature_b"),
+    (r"^FM\.qkv1\.", "afm.qkv_a.point."),
+    (r"^FM\.qkv1_dwconv\.", "afm.qkv_a.depth."),
+    (r"^FM\.qkv2\.", "afm.qkv_b.point."),
+    (r"^FM\.qkv2_dwconv\.", "afm.qkv_b.depth."),
+    (r"^FM\.project_mid1\.", "afm.cross_a."),
+    (r"^FM\.project_mid2\.", "afm.cross_b."),
+    (r"^FM\.project_E\.", "afm.gate.point."),
+    (r"^FM\.project_E_d\.", "afm.gate.depth."),
+    (r"^FM\.project_E1\.", "afm.expand_a.point."),
+    (r"^FM\.project_E1_d\.", "afm.expand_a.depth."),
+    (r"^FM\.project_E2\.", "afm.expand_b.point."),
+    (r"^FM\.project_E2_d\.", "afm.expand_b.depth."),
+    (r"^FM\.project_out1\.", "afm.proj_a."),
+    (r"^FM\.project_out2\.", "afm.proj_b."),
+    (r"^project_out_0\.", "head.0."),
+    (r"^project_out_1\.", "head.2."),
+]
+
+
+def _is_refusion_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and "project_in_1.weight" in obj and "FM.temperature1" in obj
+
+
+def convert_refusion_state_dict(sd: Mapping[str, torch.Tensor], source: str = "checkpoint"
+                                ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Published ReFusion state_dict -> ``(fusion net config, toolkit state_dict)``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if ".conv." in key:
+            twin = key.replace(".conv.", ".")
+            if twin not in sd or not torch.equal(sd[twin], value):
+                raise TDFusionError(f"{source}: duplicated weight {key} differs from {twin}")
+            continue
+        new = key
+        for pattern, repl in _REFUSION_RENAMES:
+            new = re.sub(pattern, repl, new)
+        out[new] = value
+    try:
+        dim = sd["project_in_1.weight"].shape[0]
+        heads = sd["FM.temperature1"].shape[0]
+        num_blocks = len({k.split(".")[1] for k in sd if k.startswith("encoder1.")})
+        hidden = sd["encoder1.0.ffn.project_in.weight"].shape[0] // 2
+    except (KeyError, IndexError) as exc:
+        raise TDFusionError(f"{source}: incomplete ReFusion state_dict ({exc})") from None
+    config = dict(dim=int(dim), num_blocks=int(num_blocks), heads=int(heads), ffn_expansion=hidden / dim)
+    return config, out
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint file as a toolkit-format dict (published ReFusion files converted).
+
+    Raises :class:`TDFusionError` naming the file when it is missing, unreadable, or of
+    an unknown kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TDFusionError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt/foreign files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TDFusionError(f"{path}: not a readable checkpoint ({reason})") from None
+    if _is_refusion_state_dict(obj):
+        config, sd = convert_refusion_state_dict(obj, str(path))
+        return {"format": FORMAT, "version": VERSION,
+                "fusion": {"arch": "fusion", "config": config, "state_dict": sd},
+                "extra": {"origin": "published ReFusion checkpoint"}}
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        if obj.get("version", 0) > VERSION:
+            raise TDFusionError(f"{path}: checkpoint version {obj['version']} is newer than this "
+                                f"toolkit understands ({VERSION}); upgrade tdfusion")
+        return dict(obj)
+    raise TDFusionError(f"{path}: neither a tdfusion checkpoint nor a published ReFusion state_dict")
+
+
+def _build(record: Mapping, what: str, path: str) -> nn.Module:
+    for field in ("arch", "config", "state_dict"):
+        if field not in record:
+            raise TDFusionError(f"{path}: the {what} record has no {field!r} field")
+    try:
+        net = create_model(record["arch"], **record["config"])
+    except (TypeError, ValueError) as exc:
+        raise TDFusionError(f"{path}: cannot build the {what} network ({exc})") from None
+    try:
+        net.load_state_dict(record["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise TDFusionError(f"{path}: {what} weights do not match its architecture ({detail})") from None
+    return net
+
+
+def load_fusion_net(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Build the fusion network stored in a checkpoint; returns ``(net in eval mode, checkpoint)``."""
+    ckpt = load_checkpoint(path)
+    if "fusion" not in ckpt:
+        raise TDFusionError(f"{path}: checkpoint holds no fusion network")
+    net = _build(ckpt["fusion"], "fusion", str(path))
+    return net.to(device).eval(), ckpt
+
+
+def load_module(ckpt: Mapping, key: str, path: str = "checkpoint") -> nn.Module:
+    """Build the network stored under ``ckpt[key]`` (``"fusion"`` or ``"lossgen"``)."""
+    if key not in ckpt:
+        raise TDFusionError(f"{path}: checkpoint holds no {key} network")
+    return _build(ckpt[key], key, path)
+
+
+def module_record(arch: str, net: nn.Module) -> dict:
+    """The ``{"arch", "config", "state_dict"}`` record of a registered network."""
+    return {"arch": arch, "config": dict(net.config),
+            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+
+
+def save_checkpoint(ckpt: Mapping, path: str | os.PathLike) -> None:
+    """Write a checkpoint atomically (temp file, fsync, rename)."""
+    payload = {"format": FORMAT, "version": VERSION, **ckpt}
+    with atomic_write(path) as fh:
+        torch.save(payload, fh)

@@ -1,0 +1,1 @@
+"""Subcommands of the ``tdfusion`` command line (see :mod:`tdfusion.cli`)."""

@@ -1,0 +1,180 @@
+"""Reading and writing images, pairing source folders, and atomic file output.
+
+Conventions:
+* :func:`read_image` returns float32 in [0, 1], ``(H, W)`` for grey or ``(H, W, 3)`` RGB.
+  8- and 16-bit integer images are scaled by their full range; float images (e.g.
+  radiometric TIFF) already in [0, 1] are kept, others are min-max stretched.
+  An alpha channel is dropped; a 3-channel image whose channels are identical is grey.
+* Every writer goes through :func:`atomic_write`, so an interrupted run never leaves a
+  truncated file under the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from .errors import TDFusionError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "Image", "atomic_write", "image_size", "list_images", "match_pairs",
+    "read_image", "write_image",
+]
+
+
+@dataclass
+class Image:
+    """A decoded image: ``pixels`` float32 in [0, 1], ``(H, W)`` or ``(H, W, 3)`` RGB."""
+
+    pixels: np.ndarray
+    bit_depth: int  # 8 or 16: the depth it should be written back at
+
+    @property
+    def is_gray(self) -> bool:
+        return self.pixels.ndim == 2
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)``."""
+        return self.pixels.shape[:2]
+
+
+def read_image(path: str | os.PathLike) -> Image:
+    """Decode an image file; raise :class:`TDFusionError` naming the file if it can't be."""
+    path = Path(path)
+    if not path.is_file():
+        raise TDFusionError(f"{path}: no such file")
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise TDFusionError(f"{path}: empty file")
+    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.size == 0:
+        raise TDFusionError(f"{path}: not a readable image (corrupt or unsupported format)")
+    return Image(*_to_unit_float(raw, path))
+
+
+def _to_unit_float(raw: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
+    if raw.ndim == 3 and raw.shape[2] == 1:
+        raw = raw[:, :, 0]
+    if raw.ndim == 3:
+        if raw.shape[2] == 2:  # grey + alpha
+            raw = raw[:, :, 0]
+        elif raw.shape[2] == 4:
+            raw = cv2.cvtColor(raw, cv2.COLOR_BGRA2RGB)
+        elif raw.shape[2] == 3:
+            raw = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
+        else:
+            raise TDFusionError(f"{path}: unsupported number of channels ({raw.shape[2]})")
+    if raw.ndim == 3 and np.array_equal(raw[:, :, 0], raw[:, :, 1]) and np.array_equal(raw[:, :, 1], raw[:, :, 2]):
+        raw = raw[:, :, 0]
+    if raw.dtype == np.uint8:
+        return raw.astype(np.float32) / 255.0, 8
+    if raw.dtype == np.uint16:
+        return raw.astype(np.float32) / 65535.0, 16
+    if raw.dtype in (np.float32, np.float64):
+        img = raw.astype(np.float32)
+        if not np.isfinite(img).all():
+            raise TDFusionError(f"{path}: float image contains NaN or infinite values")
+        lo, hi = float(img.min()), float(img.max())
+        if lo < 0.0 or hi > 1.0:
+            # Radiometric float images (e.g. temperatures) carry no fixed range.
+            img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+        return img, 16
+    raise TDFusionError(f"{path}: unsupported pixel type {raw.dtype}")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(H, W)`` of an image file, reading only its header where possible."""
+    from PIL import Image as PILImage, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with PILImage.open(path) as im:
+            w, h = im.size
+        if w > 0 and h > 0:
+            return h, w
+    except (UnidentifiedImageError, OSError, ValueError):
+        pass
+    return read_image(path).size  # full decode: gives the precise error if unreadable
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """Open a temporary file next to ``path``; on success fsync and rename it into place.
+
+    On any exception (Ctrl-C included) the temporary file is removed and ``path`` is
+    left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_image(path: str | os.PathLike, pixels: np.ndarray) -> None:
+    """Write a uint8/uint16 ``(H, W)`` or RGB ``(H, W, 3)`` array atomically."""
+    path = Path(path)
+    if pixels.ndim == 3:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(path.suffix or ".png", pixels)
+    if not ok:
+        raise TDFusionError(f"{path}: cannot encode image in this format")
+    with atomic_write(path) as fh:
+        fh.write(buf.tobytes())
+
+
+def list_images(folder: str | os.PathLike) -> dict[str, Path]:
+    """Map stem -> path for the image files directly inside ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TDFusionError(f"{folder}: no such folder")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
+            if p.stem in found:
+                raise TDFusionError(f"{p}: two images share the stem {p.stem!r} ({found[p.stem].name})")
+            found[p.stem] = p
+    return found
+
+
+def match_pairs(a: str | os.PathLike, b: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """Pair two files, or the images of two folders by file stem.
+
+    Returns ``[(stem, path_a, path_b), ...]`` sorted by stem. Raises
+    :class:`TDFusionError` for a missing input, an image without a partner, or no images.
+    """
+    a, b = Path(a), Path(b)
+    if a.is_file() and b.is_file():
+        return [(a.stem, a, b)]
+    for p in (a, b):
+        if not p.exists():
+            raise TDFusionError(f"{p}: no such file or folder")
+    if a.is_dir() != b.is_dir():
+        raise TDFusionError(f"{a} and {b}: give two files or two folders")
+    imgs_a, imgs_b = list_images(a), list_images(b)
+    for stem, p in imgs_a.items():
+        if stem not in imgs_b:
+            raise TDFusionError(f"{p}: no partner named {stem}.* in {b}")
+    for stem, p in imgs_b.items():
+        if stem not in imgs_a:
+            raise TDFusionError(f"{p}: no partner named {stem}.* in {a}")
+    if not imgs_a:
+        raise TDFusionError(f"{a}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return [(s, imgs_a[s], imgs_b[s]) for s in sorted(imgs_a)]
