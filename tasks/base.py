@@ -1,0 +1,93 @@
+"""The task-head protocol: what a downstream task gives the meta-learning engine.
+
+A task owns its network T, its loss L_t and its evaluation. It knows nothing about
+meta-learning: the engine decides which parameters the loss is evaluated with (the
+module's own, or a one-step-updated copy), and passes them in. That is why
+:meth:`TaskHead.loss` takes a parameter dict and must run the network through
+:func:`torch.func.functional_call` (see :meth:`TaskHead.forward`).
+
+Batches are dicts (built by :mod:`tdfusion.data`):
+
+* ``"a"``, ``"b"``: ``(B, 1, H, W)`` source luminance in [0, 1] at the task input size;
+* ``"mask"`` (tasks with ``target_kind == "mask"``): ``(B, H, W)`` int64 class ids;
+* ``"boxes"`` (``target_kind == "boxes"``): ``(N, 6)`` float rows
+  ``(image_index, class, cx, cy, w, h)``, centre/size normalised to [0, 1];
+* ``"stems"``: list of ``B`` sample names.
+
+The fused image handed to a task is ``(B, 1, H, W)`` in [0, 1]; :meth:`adapt_input`
+turns it into what the network expects (channels, normalisation).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+__all__ = ["Evaluator", "TaskHead"]
+
+
+class Evaluator:
+    """Streaming evaluation: ``update`` per batch, ``compute`` once at the end."""
+
+    def update(self, predictions: Any, batch: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class TaskHead:
+    """Base class of a downstream task. Subclasses set ``name`` and ``target_kind``.
+
+    Args:
+        config: the task section of the run config (``task:`` in YAML); unknown keys
+            should be rejected by :meth:`__init__` of the subclass.
+    """
+
+    name: ClassVar[str] = ""
+    #: "none" (targets are the sources themselves), "mask" or "boxes".
+    target_kind: ClassVar[str] = "none"
+    #: Config keys and their defaults; the run config may override any of them.
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: Mapping[str, Any] | None = None):
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"unknown {self.name} task option(s): {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(self.defaults)) or 'none'}")
+        self.config = {**self.defaults, **config}
+
+    # -- network ----------------------------------------------------------------
+    def build_network(self) -> nn.Module:
+        """A freshly initialised task network T."""
+        raise NotImplementedError
+
+    def adapt_input(self, fused: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` fused image -> the network's input. Default: unchanged."""
+        return fused
+
+    def forward(self, net: nn.Module, params: Mapping[str, torch.Tensor], fused: torch.Tensor) -> Any:
+        """Run ``net`` with the given parameters (and buffers) on a fused batch."""
+        return functional_call(net, dict(params), (self.adapt_input(fused),))
+
+    # -- learning ---------------------------------------------------------------
+    def loss(self, net: nn.Module, params: Mapping[str, torch.Tensor], fused: torch.Tensor,
+             batch: Mapping[str, Any]) -> torch.Tensor:
+        """Scalar task loss L_t of ``net`` under ``params`` on ``fused``.
+
+        Must be differentiable with respect to both ``params`` and ``fused``: the outer
+        update backpropagates through ``fused`` into the loss generator.
+        """
+        raise NotImplementedError
+
+    # -- evaluation -------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, net: nn.Module, fused: torch.Tensor) -> Any:
+        """Predictions for a fused batch in the form :meth:`evaluator` consumes."""
+        raise NotImplementedError
+
+    def evaluator(self) -> Evaluator:
+        raise NotImplementedError

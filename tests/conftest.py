@@ -1,0 +1,26 @@
+"""Shared test fixtures.
+
+Real data and the published checkpoints are read from ``../shared/data`` (or
+``$TDFUSION_SHARED_DATA``); tests that need them are skipped, with the reason shown in
+the summary (``-ra``), when that folder is absent.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TDFUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"shared data folder not found at {SHARED_DATA} (set TDFUSION_SHARED_DATA)")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the shared real data; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA} (set TDFUSION_SHARED_DATA)")
+    return SHARED_DATA
