@@ -2,12 +2,16 @@
 
 All arrays are float32 in [0, 1]. Colour conversion is OpenCV's full-range YCrCb
 (ITU-R BT.601 weights), which is what the published results used; for float input
-OpenCV centres Cr and Cb on 0.5, the neutral chroma value ``tau`` below (it equals
-128/255 on 8-bit data, the papers' tau = 128).
+OpenCV centres Cr and Cb on 0.5, the neutral chroma value ``tau`` below (OpenCV
+centres 8-bit chroma on 128, the papers' tau = 128; the two scales differ by that
+shift and the factor 255, and the rule below is unchanged by such a change of scale).
 
 Chrominance rule (ReFusion Eq. 15): ``C_f = (C_1 |C_1 - tau| + C_2 |C_2 - tau|) /
 (|C_1 - tau| + |C_2 - tau| + eps)`` per pixel and channel: the more saturated source
-wins. If only one source has colour, its chroma is used unchanged.
+wins. If only one source has colour, its chroma is used unchanged. The rule is
+evaluated as ``tau + ((C_1 - tau) |C_1 - tau| + (C_2 - tau) |C_2 - tau|) / (... + eps)``,
+equal to Eq. 15 up to the eps term, so that pixels neutral in both sources (white,
+grey, black) stay neutral instead of being pulled toward chroma 0 by the eps.
 """
 from __future__ import annotations
 
@@ -33,8 +37,11 @@ def split_luma(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 def fuse_chroma(c1: np.ndarray, c2: np.ndarray, tau: float = NEUTRAL_CHROMA,
                 eps: float = _CHROMA_EPS) -> np.ndarray:
     """Saturation-weighted chroma fusion: ``(H, W, 2) x2 -> (H, W, 2)``."""
+    # Centred form: with the literal (c1*d1 + c2*d2) / (d1 + d2 + eps), a pixel grey in
+    # both sources (d1 = d2 = 0, or ~1e-8 from float rounding) would get chroma ~0, a
+    # saturated green, instead of tau.
     d1, d2 = np.abs(c1 - tau), np.abs(c2 - tau)
-    return (c1 * d1 + c2 * d2) / (d1 + d2 + eps)
+    return tau + ((c1 - tau) * d1 + (c2 - tau) * d2) / (d1 + d2 + eps)
 
 
 def pair_chroma(c1: np.ndarray | None, c2: np.ndarray | None) -> np.ndarray | None:
