@@ -55,10 +55,21 @@ def read_image(path: str | os.PathLike) -> Image:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise TDFusionError(f"{path}: empty file")
-    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    raw = _quiet_imdecode(data)
     if raw is None or raw.size == 0:
         raise TDFusionError(f"{path}: not a readable image (corrupt or unsupported format)")
     return Image(*_to_unit_float(raw, path))
+
+
+def _quiet_imdecode(data: np.ndarray) -> np.ndarray | None:
+    # OpenCV logs its own WARN/ERROR lines to the terminal for corrupt files; we raise
+    # one clear error instead, so silence its log for the call and restore it.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 def _to_unit_float(raw: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
