@@ -14,7 +14,7 @@ from . import __version__
 from .errors import TDFusionError
 
 # Order = order in ``tdfusion --help``.
-COMMANDS = ("fuse", "synth", "train", "eval")
+COMMANDS = ("fuse", "synth", "train", "eval", "metrics", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

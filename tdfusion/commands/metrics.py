@@ -1,0 +1,127 @@
+"""``tdfusion metrics``: score fused images of one or more methods against their sources."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import TDFusionError
+from ..metrics.evaluate import METRIC_NAMES, mean_metrics
+from ..metrics.folders import MethodInput, evaluate_jobs, plan_jobs, write_csv, write_json
+from ..progress import progress_bar
+
+EPILOG = """\
+examples:
+  tdfusion metrics --a ir/ --b vis/ --fused ours/ cddfuse/ tardal/ \\
+                   --names ours cddfuse tardal --json metrics.json --csv metrics.csv
+  tdfusion metrics --a ir.png --b vis.png --fused fused.png
+
+Images are matched by file stem (ir/00001.png <-> vis/00001.jpg <-> ours/00001.png).
+Colour images are scored on their luminance (OpenCV RGB->GRAY, rounded to 8 bits).
+All metrics are higher-is-better; the best mean per column is highlighted.
+Conventions and references: docs/metrics.md.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "metrics", help="fusion quality metrics (EN SD SF AG MI SCD VIF Qabf SSIM) of one or more methods",
+        description="Score fused images against their two sources and compare methods.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_arguments(p)
+    p.add_argument("--json", metavar="PATH", help="write per-image and mean values as JSON")
+    p.add_argument("--csv", metavar="PATH", help="write per-image and mean values as CSV")
+    p.add_argument("--vif-sum", action="store_true",
+                   help="VIF as the SUM over the two sources (CDDFuse's script) instead of the mean")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes (default: the number of CPUs; 1 = no subprocesses)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help="accepted like every tdfusion command; the metrics themselves run on the "
+                        "CPU (numpy/OpenCV/scikit-image), parallel over processes")
+    p.set_defaults(func=run)
+
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """``--a``, ``--b``, ``--fused``, ``--names``: shared with ``tdfusion report``."""
+    p.add_argument("--a", required=True, metavar="PATH",
+                   help="first source: a folder (or one image) - infrared, CT/PET, near focus, under-exposed")
+    p.add_argument("--b", required=True, metavar="PATH",
+                   help="second source: a folder (or one image) - visible, MRI, far focus, over-exposed")
+    p.add_argument("--fused", required=True, nargs="+", metavar="PATH",
+                   help="one folder (or image) of fused results per method")
+    p.add_argument("--names", nargs="+", metavar="NAME",
+                   help="display name per --fused entry (default: the folder name)")
+
+
+def method_inputs(fused: Sequence[str], names: Sequence[str] | None) -> list[MethodInput]:
+    """Pair ``--fused`` paths with ``--names`` (default: each path's folder/file stem)."""
+    if names is not None and len(names) != len(fused):
+        raise TDFusionError(f"--names: {len(names)} name(s) given for {len(fused)} --fused path(s)")
+    out = []
+    for i, path in enumerate(fused):
+        p = Path(path)
+        default = p.stem if p.is_file() else (p.resolve().name or str(p))
+        out.append(MethodInput(names[i] if names else default, p))
+    return out
+
+
+def _best(results: Mapping, metric: str) -> float | None:
+    values = [block["mean"][metric] for block in results.values() if metric in block["mean"]]
+    return max(values) if values else None
+
+
+def results_table(results: Mapping, title: str | None = None) -> Table:
+    """Methods as rows, metric means as columns; the best (highest) value per column in bold green."""
+    table = Table(title=title, header_style="bold")
+    table.add_column("method")
+    table.add_column("images", justify="right")
+    for name in METRIC_NAMES:
+        table.add_column(name, justify="right")
+    best = {name: _best(results, name) for name in METRIC_NAMES}
+    for method, block in results.items():
+        cells = []
+        for name in METRIC_NAMES:
+            v = block["mean"].get(name)
+            text = "" if v is None else f"{v:.4f}"
+            cells.append(f"[bold green]{text}[/]" if v is not None and v == best[name] and len(results) > 1 else text)
+        table.add_row(method, str(len(block["per_image"])), *cells)
+    return table
+
+
+def compute(args: argparse.Namespace, description: str = "metrics") -> dict:
+    """Validate the inputs, then score every image with a progress bar; returns the results."""
+    methods = method_inputs(args.fused, args.names)
+    jobs = plan_jobs(args.a, args.b, methods)
+    show = not getattr(args, "quiet", False) and len(jobs) > 1
+    with progress_bar(len(jobs), description, enabled=show) as advance:
+        per_method = evaluate_jobs(jobs, args.workers, "sum" if args.vif_sum else "mean",
+                                   on_done=lambda job: advance())
+    return {name: {"mean": mean_metrics(per_image), "per_image": per_image}
+            for name, per_image in per_method.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    for opt in ("json", "csv"):
+        target = getattr(args, opt)
+        if target and Path(target).is_dir():
+            raise TDFusionError(f"{target}: is a folder; --{opt} needs a file path")
+    results = compute(args)
+    if args.json:
+        write_json(results, args.json)
+    if args.csv:
+        write_csv(results, args.csv)
+    if not args.quiet:
+        vif = "VIF summed over sources" if args.vif_sum else "VIF averaged over sources"
+        console = Console()
+        if not console.is_terminal:  # piped/logged: don't squeeze the table into 80 columns
+            console = Console(width=160)
+        console.print(results_table(results, title=f"fusion metrics (means; {vif})"))
+        for target in (args.json, args.csv):
+            if target:
+                print(f"wrote {os.fspath(target)}")
+    return 0
