@@ -1,0 +1,68 @@
+"""``tdfusion convert``: annotation format converters.
+
+``tdfusion convert voc2yolo --annotations DIR --out DIR --classes NAME ...`` turns Pascal
+VOC XML (M3FD, LLVIP) into YOLO label files, x normalised by the image width and y by the
+height (the reference loader swapped them; DESIGN §2.5).
+"""
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from ..data.det import DEFAULT_TOLERANCE, LLVIP_CLASSES, M3FD_CLASSES, MSRS_DET_CLASSES, read_class_names
+from ..data.det import read_split_list, voc_to_yolo
+from ..errors import TDFusionError
+
+PRESETS = {"m3fd": M3FD_CLASSES, "llvip": LLVIP_CLASSES, "msrs_det": MSRS_DET_CLASSES}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert annotations (VOC XML -> YOLO txt)",
+                       description="Annotation converters.")
+    conv = p.add_subparsers(dest="converter", metavar="CONVERTER", required=True)
+    v = conv.add_parser(
+        "voc2yolo", help="Pascal VOC XML -> YOLO txt",
+        description="Convert Pascal VOC XML annotations to YOLO label files <out>/<stem>.txt "
+                    "('class cx cy w h', x normalised by the image width, y by the height). Every file is "
+                    "validated before anything is written.")
+    v.add_argument("--annotations", required=True, metavar="DIR", help="folder of <stem>.xml files")
+    v.add_argument("--out", required=True, metavar="DIR", help="folder for the <stem>.txt label files")
+    names = v.add_mutually_exclusive_group(required=True)
+    names.add_argument("--classes", nargs="+", metavar="NAME", help="class names in id order (case-insensitive)")
+    names.add_argument("--preset", choices=sorted(PRESETS), help="class list of a known dataset")
+    names.add_argument("--data-yaml", metavar="FILE", help="take the class names from a YOLO data.yaml")
+    v.add_argument("--images", metavar="DIR", help="the annotated images, read for XML files without <size>")
+    v.add_argument("--list", metavar="FILE", help="convert only the stems in this split list")
+    v.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="F",
+                   help=f"how far (fraction of the image) a box may pass the border before it is an error "
+                        f"(default {DEFAULT_TOLERANCE})")
+    v.add_argument("--drop-difficult", action="store_true", help="skip objects marked <difficult>1</difficult>")
+    v.add_argument("--skip-unknown", action="store_true", help="skip objects of unlisted classes instead of failing")
+    v.set_defaults(func=run_voc2yolo)
+
+
+def run_voc2yolo(args: argparse.Namespace) -> int:
+    if args.tolerance < 0:
+        raise TDFusionError(f"--tolerance must be >= 0, not {args.tolerance}")
+    if args.classes:
+        classes = list(args.classes)
+    elif args.preset:
+        classes = list(PRESETS[args.preset])
+    else:
+        classes = read_class_names(args.data_yaml)
+    if len({c.lower() for c in classes}) != len(classes):
+        raise TDFusionError(f"class names repeat (case-insensitively): {', '.join(classes)}")
+    stems = read_split_list(args.list) if args.list else None
+    stats = voc_to_yolo(args.annotations, args.out, classes, args.images, stems, args.tolerance,
+                        args.drop_difficult, args.skip_unknown)
+    table = Table(title=f"{stats['files']} label files written to {args.out}")
+    table.add_column("id", justify="right")
+    table.add_column("class")
+    table.add_column("boxes", justify="right")
+    for i, name in enumerate(classes):
+        table.add_row(str(i), name, str(stats["per_class"][name]))
+    table.add_row("", "total", str(stats["boxes"]))
+    Console().print(table)
+    return 0
