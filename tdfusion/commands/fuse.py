@@ -11,7 +11,7 @@ from ..checkpoint import load_fusion_net
 from ..device import resolve_device
 from ..errors import TDFusionError
 from ..inference import fuse_images, to_integer
-from ..io import Image, atomic_write, image_size, match_pairs, read_image, write_image
+from ..io import Image, atomic_write, match_pairs, read_image, write_image
 from ..progress import progress_bar
 
 EPILOG = """\
@@ -53,7 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _check_sizes(pairs, resize_b: bool) -> None:
     """Fail before writing anything if a pair is unreadable or mismatched."""
     for _, pa, pb in pairs:
-        sa, sb = image_size(pa), image_size(pb)
+        # A full decode, not a header read: a truncated file has an intact header and
+        # would otherwise fail only mid-run, after other pairs were written. Decoding
+        # costs little next to running the network.
+        sa, sb = read_image(pa).size, read_image(pb).size
         if sa != sb and not resize_b:
             raise TDFusionError(f"{pb}: size {sb[1]}x{sb[0]} differs from {pa} ({sa[1]}x{sa[0]}); "
                                 f"pass --resize-b to resample B")
@@ -68,6 +71,8 @@ def _resized(img: Image, size: tuple[int, int]) -> Image:
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise TDFusionError(f"{args.out}: --out exists and is not a folder")
     pairs = match_pairs(args.a, args.b)
     _check_sizes(pairs, args.resize_b)
     net, _ = load_fusion_net(args.checkpoint, device)
