@@ -101,8 +101,8 @@ def test_loss_matches_ultralytics_model_loss(task_net):
     ref.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
     ref.criterion = None
     ref_loss, _ = ref.loss(batch)
-    assert float(ours_sum.detach()) == pytest.approx(float(ref_loss.sum()), rel=1e-5)
-    assert float(ours_mean.detach()) == pytest.approx(float(ref_loss.sum()) / 2, rel=1e-5)
+    assert float(ours_sum.detach()) == pytest.approx(float(ref_loss.sum().detach()), rel=1e-5)
+    assert float(ours_mean.detach()) == pytest.approx(float(ref_loss.sum().detach()) / 2, rel=1e-5)
 
 
 class FrozenAssigner:
