@@ -14,7 +14,7 @@ from . import __version__
 from .errors import TDFusionError
 
 # Order = order in ``tdfusion --help``.
-COMMANDS = ("fuse", "synth", "train", "eval", "metrics", "report", "convert")
+COMMANDS = ("fuse", "synth", "train", "eval", "compare", "metrics", "report", "data", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,14 +1,150 @@
-"""``tdfusion eval``: placeholder until its issue lands."""
+"""``tdfusion eval`` (also ``python eval_downstream.py``): downstream task metrics of image sources."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ..errors import TDFusionError
+
+EPILOG = """\
+examples:
+  tdfusion eval --task seg --dataset fmb --data-root /data/FMB --checkpoint runs/fmb_seg/last.pt
+  tdfusion eval --task det --dataset msrs_det --data-root ../shared/data/msrs_det \\
+                --checkpoint runs/msrs_det/last.pt --fused results/cddfuse results/tardal --names cddfuse tardal
+  tdfusion eval --task seg --dataset synthetic --checkpoint runs/synthetic_seg/last.pt --json seg.json
+
+Sources scored with the checkpoint's task network: its fused images (computed on the
+fly), the two inputs alone (ir, vis) unless --no-baselines, and each --fused folder
+(<dir>/test/<stem>.* or <dir>/<stem>.*). All are resized to the task input size;
+targets stay at native resolution. JSON: the first source's metrics at the top level,
+every source under "sources".
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="not yet available")
+    p = sub.add_parser("eval", help="evaluate a downstream task on fused images and baselines",
+                       description="Score the task network of a checkpoint on fused images and baselines.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
     p.set_defaults(func=run)
 
 
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", metavar="NAME", help="task: seg, det, recon (default: the checkpoint's)")
+    p.add_argument("--dataset", metavar="NAME", help="dataset or recipe name (default: the checkpoint's)")
+    p.add_argument("--data-root", metavar="DIR", help="dataset root folder")
+    p.add_argument("--config", metavar="YAML", help="run config (default: the checkpoint's, else the recipe)")
+    p.add_argument("--device", metavar="DEV", help="cuda, cpu (default: cuda when available)")
+    p.add_argument("--fused", nargs="+", default=[], metavar="DIR", help="folders of fused images of other methods")
+    p.add_argument("--names", nargs="+", default=None, metavar="NAME", help="names for the --fused folders")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate at most N test pairs")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--csv", metavar="PATH", help="write the results as CSV")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", metavar="PATH", help="tdfusion checkpoint holding the task network (and F)")
+    p.add_argument("--task-weights", metavar="PATH", help="task network weights instead of a checkpoint's")
+    p.add_argument("--no-baselines", action="store_true", help="skip the ir-only and vis-only rows")
+    add_common(p)
+
+
+def folder_names(args: argparse.Namespace) -> list[str]:
+    names = args.names or [Path(d).name for d in args.fused]
+    if len(names) != len(args.fused):
+        raise TDFusionError(f"--names gives {len(names)} names for {len(args.fused)} --fused folders")
+    if len(set(names)) != len(names):
+        raise TDFusionError(f"--names must be distinct: {' '.join(names)}")
+    return names
+
+
+def eval_config(args: argparse.Namespace, ckpt: dict | None) -> dict:
+    """Config from --config, else the checkpoint's, else the recipe; then the flags."""
+    from ..config import apply_overrides, load_config, set_key, validate
+    from .train import resolve_config
+
+    schema = load_config(None)
+    saved = (ckpt or {}).get("extra", {}).get("config")
+    if args.config or not saved:
+        ns = argparse.Namespace(config=args.config, task=args.task, dataset=args.dataset, data_root=args.data_root,
+                                out=None, device=args.device, epochs=None, task_weights=None, resume=None,
+                                overrides=args.overrides)
+        cfg, _ = resolve_config(ns)
+        return cfg
+    cfg = saved
+    for flag, key in (("task", "task.name"), ("dataset", "dataset.name"), ("data_root", "dataset.root"),
+                      ("device", "train.device")):
+        if getattr(args, flag) is not None:
+            set_key(cfg, key, getattr(args, flag))
+    cfg = apply_overrides(cfg, args.overrides, schema)
+    validate(cfg, schema)
+    return cfg
+
+
+def build_split(cfg: dict, split_key: str):
+    from ..data import build_dataset
+
+    ds = cfg["dataset"]
+    try:
+        return build_dataset(ds["name"], ds["root"], ds[split_key], **dict(ds.get("options") or {}))
+    except TypeError as exc:
+        raise TDFusionError(f"dataset {ds['name']!r}: bad option ({exc})") from None
+
+
+def emit(results: dict, args: argparse.Namespace, title: str, extra: dict | None = None) -> None:
+    from ..results import print_table, write_csv, write_json
+
+    print_table(results, title)
+    primary = next(iter(results))
+    if args.json:
+        write_json(args.json, results, primary, extra)
+    if args.csv:
+        write_csv(args.csv, results)
+
+
 def run(args: argparse.Namespace) -> int:
-    print("tdfusion eval: not yet available")
-    return 1
+    import torch
+
+    from ..checkpoint import load_checkpoint, load_module
+    from ..device import resolve_device
+    from ..evaluate import evaluate_sources, fused_folder_source, fusion_source, input_source
+    from ..train import build_task
+
+    if not args.checkpoint and not args.task_weights:
+        raise TDFusionError("give --checkpoint (a tdfusion run's checkpoint) or --task-weights")
+    ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    if ckpt is not None and args.task and ckpt.get("task", {}).get("name") not in (None, args.task):
+        raise TDFusionError(f"{args.checkpoint}: checkpoint of task {ckpt['task']['name']!r}, not {args.task!r}")
+    if ckpt is not None and "task" not in ckpt and not args.task_weights:
+        raise TDFusionError(f"{args.checkpoint}: holds no task network; pass --task-weights")
+    cfg = eval_config(args, ckpt)
+    device = resolve_device(args.device or cfg["train"]["device"])
+    test_set = build_split(cfg, "test_split")
+    if len(test_set) == 0:
+        raise TDFusionError(f"dataset {cfg['dataset']['name']!r}: the test split is empty")
+
+    task_cfg = dict(ckpt["task"]["config"], name=ckpt["task"]["name"]) if ckpt and "task" in ckpt else dict(cfg["task"])
+    if args.task_weights:
+        task_cfg["weights"] = args.task_weights
+    task = build_task(task_cfg, test_set)
+    task_net = task.build_network()
+    if ckpt is not None and "task" in ckpt and not args.task_weights:
+        try:
+            task_net.load_state_dict(ckpt["task"]["state_dict"])
+        except RuntimeError as exc:
+            raise TDFusionError(f"{args.checkpoint}: task weights do not match ({str(exc).splitlines()[0]})") from None
+    task_net.to(device)
+
+    sources = []
+    if ckpt is not None and "fusion" in ckpt:
+        sources.append(fusion_source("fused", load_module(ckpt, "fusion", str(args.checkpoint)).to(device).eval()))
+    sources += [fused_folder_source(n, d) for n, d in zip(folder_names(args), args.fused)]
+    if not args.no_baselines:
+        sources += [input_source("ir", "a"), input_source("vis", "b")]
+    with torch.no_grad():
+        results = evaluate_sources(task, task_net, sources, test_set, cfg["data"]["task_size"], device,
+                                   limit=args.limit)
+    emit(results, args, f"{task.name} on {cfg['dataset']['name']} ({cfg['dataset']['test_split']})",
+         {"task": task.name, "dataset": cfg["dataset"]["name"]})
+    return 0

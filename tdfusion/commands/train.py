@@ -1,14 +1,135 @@
-"""``tdfusion train``: placeholder until its issue lands."""
+"""``tdfusion train`` (also ``python train_fusion.py``): learn F, G and T (Algorithm 1)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ..config import apply_overrides, find_recipe, load_config, set_key, validate
+from ..errors import TDFusionError
+
+EPILOG = """\
+examples:
+  tdfusion train --task recon --dataset synthetic                  # runs out of the box
+  tdfusion train --task seg --dataset msrs --data-root /data/MSRS
+  tdfusion train --config configs/refusion_mif.yaml train.epochs=10 train.device=cuda
+  tdfusion train --resume runs/synthetic_recon                     # continue a killed run
+
+Configuration: configs/base.yaml lists every key with its default; a recipe config
+inherits it. --dataset/--task pick the shipped recipe for that pair (configs/*.yaml with
+`recipe: {dataset, task}`); KEY=VALUE arguments override any key (values are YAML).
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="not yet available")
+    p = sub.add_parser("train", help="train a fusion network with a task-driven learnable loss",
+                       description="Meta-learn the fusion loss for a downstream task (TDFusion / ReFusion "
+                                   "Algorithm 1) and train the fusion and task networks.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
     p.set_defaults(func=run)
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="YAML", help="run config (default: the recipe for --dataset/--task)")
+    p.add_argument("--task", metavar="NAME", help="downstream task: recon, seg, det (task.name)")
+    p.add_argument("--dataset", metavar="NAME", help="dataset or recipe name, e.g. synthetic, msrs, fmb, m3fd, "
+                                                      "llvip, msrs_det, ivif, mif, mfif, meif (dataset.name)")
+    p.add_argument("--data-root", metavar="DIR", help="dataset root folder (dataset.root)")
+    p.add_argument("--out", metavar="DIR", help="run folder (run.out; default runs/<dataset>_<task>)")
+    p.add_argument("--device", metavar="DEV", help="cuda, cuda:1, cpu (train.device; default: cuda when available)")
+    p.add_argument("--epochs", type=int, metavar="N", help="number of epochs (train.epochs)")
+    p.add_argument("--task-weights", metavar="PATH", help="local weights for the task network (task.weights)")
+    p.add_argument("--resume", nargs="?", const="", metavar="PATH",
+                   help="continue a run: a run folder or checkpoint (default: last.pt of --out)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.meta_steps=50")
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[dict, Path | None]:
+    """The run config from the arguments; also the checkpoint to resume from, if any."""
+    schema = load_config(None)
+    resume_ckpt = None
+    if args.resume is not None:
+        resume_ckpt = _resume_path(args)
+    if args.config:
+        cfg = load_config(args.config)
+    elif resume_ckpt is not None:
+        from ..checkpoint import load_checkpoint
+
+        cfg = load_checkpoint(resume_ckpt).get("extra", {}).get("config")
+        if not cfg:
+            raise TDFusionError(f"{resume_ckpt}: holds no run config; pass --config")
+    elif args.dataset:
+        recipe = find_recipe(args.dataset, args.task)
+        cfg = load_config(recipe) if recipe else _plain(schema, args.dataset)
+    else:
+        cfg = load_config(None)
+    for flag, key in (("task", "task.name"), ("data_root", "dataset.root"), ("out", "run.out"),
+                      ("device", "train.device"), ("epochs", "train.epochs"), ("task_weights", "task.weights")):
+        value = getattr(args, flag)
+        if value is not None:
+            set_key(cfg, key, value)
+    if args.dataset and not args.config and resume_ckpt is None and not find_recipe(args.dataset, args.task):
+        set_key(cfg, "dataset.name", args.dataset)
+    cfg = apply_overrides(cfg, args.overrides, schema)
+    validate(cfg, schema)
+    return cfg, resume_ckpt
+
+
+def _plain(schema: dict, dataset: str) -> dict:
+    cfg = dict(schema)
+    cfg["dataset"] = {**schema["dataset"], "name": dataset}
+    return cfg
+
+
+def _resume_path(args: argparse.Namespace) -> Path:
+    target = Path(args.resume) if args.resume else (Path(args.out) if args.out else None)
+    if target is None:
+        raise TDFusionError("--resume needs a run folder or checkpoint (or --out)")
+    path = target / "last.pt" if target.is_dir() else target
+    if not path.is_file():
+        raise TDFusionError(f"{path}: no checkpoint to resume from")
+    return path
+
+
+def run_dir_for(cfg: dict, resume_ckpt: Path | None) -> Path:
+    if resume_ckpt is not None:
+        return resume_ckpt.parent if cfg["run"]["out"] is None else Path(cfg["run"]["out"])
+    if cfg["run"]["out"]:
+        base = Path(cfg["run"]["out"])
+    else:
+        recipe = cfg.get("recipe") or {}
+        name = recipe.get("dataset") or cfg["dataset"]["name"]
+        base = Path("runs") / f"{name}_{cfg['task']['name']}"
+    out, k = base, 2
+    while (out / "last.pt").exists():  # never overwrite a finished or killed run
+        out = base.with_name(f"{base.name}_{k}")
+        k += 1
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
-    print("tdfusion train: not yet available")
-    return 1
+    from ..train import train
+
+    cfg, resume_ckpt = resolve_config(args)
+    run_dir = run_dir_for(cfg, resume_ckpt)
+    print(f"run folder: {run_dir}" + (f" (resuming from {resume_ckpt})" if resume_ckpt else ""))
+    summary = train(cfg, run_dir, resume_ckpt)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {summary['run']}: {summary['epochs']} epochs, {summary['global_steps']} steps")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for section in ("last_epoch_meta", "last_epoch_fusion"):
+        for k, v in summary.get(section, {}).items():
+            table.add_row(f"{section.replace('last_epoch_', '')} {k}", f"{v:.4g}")
+    for k, v in (summary.get("eval") or {}).items():
+        if isinstance(v, (int, float)) and k != "epoch":
+            table.add_row(f"test {k}", f"{v:.4g}")
+    Console().print(table)
+    print(f"checkpoint: {summary['run']}/last.pt   samples: {summary['run']}/samples/")

@@ -113,9 +113,14 @@ def train_view(sample: Sample, rng: np.random.Generator, crop_size: int,
 
 
 def eval_view(sample: Sample, task_size: Sequence[int] | None) -> dict[str, Any]:
-    """Deterministic view for evaluation: the whole image, resized to the task size."""
+    """Deterministic view for evaluation: the whole image resized to the task size.
+
+    Targets stay at the native resolution (``size``), so metrics are computed against the
+    original labels; evaluators bring predictions to that size.
+    """
     view = sample if task_size is None else _resize_sample(sample, tuple(task_size))
-    return {**_pack(view), "stem": sample.stem, "size": tuple(sample.a.shape)}
+    images = _pack(Sample(view.a, view.b, sample.stem, sample.target))
+    return {**images, "stem": sample.stem, "size": tuple(sample.a.shape)}
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,157 @@
+"""YAML run configs: inheritance, command-line overrides, validation, recipe lookup.
+
+* A config file may name a parent with ``_base_: other.yaml`` (relative to itself);
+  values merge recursively, the child winning. Every chain ends at ``configs/base.yaml``,
+  which lists every key with its default: a key that is not there is an error (with the
+  closest valid key suggested). Two sections are open: ``task`` (validated by the task
+  head's own defaults) and ``dataset.options`` (passed to the dataset builder).
+* Overrides are ``dotted.key=value`` strings; values are parsed as YAML
+  (``epochs=3``, ``data.task_size=[240,320]``, ``task.weights=null``).
+* A recipe is a config file with ``recipe: {dataset: NAME, task: NAME}``;
+  :func:`find_recipe` maps ``--dataset``/``--task`` to it.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import TDFusionError
+
+__all__ = ["CONFIG_DIR", "apply_overrides", "find_recipe", "load_config", "set_key", "validate"]
+
+#: Where the shipped configs live (the repository's ``configs/``).
+CONFIG_DIR = Path(os.environ.get("TDFUSION_CONFIGS", Path(__file__).resolve().parents[1] / "configs"))
+_OPEN_SECTIONS = ("task", "dataset.options", "recipe")
+
+
+def _merge(base: dict, child: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in child.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise TDFusionError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise TDFusionError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TDFusionError(f"{path}: a config must be a mapping of keys to values")
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, _seen: tuple = ()) -> dict:
+    """Load a config file with its ``_base_`` chain (``None``: the base config)."""
+    path = Path(path) if path is not None else CONFIG_DIR / "base.yaml"
+    if not path.exists() and not path.is_absolute() and (CONFIG_DIR / path).exists():
+        path = CONFIG_DIR / path
+    path = path.resolve()
+    if path in _seen:
+        raise TDFusionError(f"{path}: _base_ chain loops")
+    data = _read_yaml(path)
+    parent = data.pop("_base_", None)
+    if parent is None:
+        return data
+    return _merge(load_config(path.parent / parent, _seen + (path,)), data)
+
+
+def _flat_keys(d: dict, prefix: str = "") -> Iterable[str]:
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        yield key
+        if isinstance(v, dict) and key not in _OPEN_SECTIONS:
+            yield from _flat_keys(v, key + ".")
+
+
+def _unknown(key: str, schema: dict) -> TDFusionError:
+    valid = list(_flat_keys(schema))
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return TDFusionError(f"unknown config key {key!r}{hint}")
+
+
+def validate(cfg: dict, schema: dict, prefix: str = "") -> None:
+    """Every key of ``cfg`` must exist in ``schema`` (outside the open sections)."""
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if key in _OPEN_SECTIONS:
+            continue
+        if k not in schema:
+            raise _unknown(key, _schema_root(schema, prefix))
+        if isinstance(v, dict) and isinstance(schema[k], dict):
+            validate(v, schema[k], key + ".")
+
+
+def _schema_root(schema: dict, prefix: str) -> dict:
+    # Suggestions search the whole key space; rebuild it from the prefix.
+    root = schema
+    for part in [p for p in prefix.split(".") if p][::-1]:
+        root = {part: root}
+    return root
+
+
+def set_key(cfg: dict, dotted: str, value: Any) -> None:
+    node = cfg
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise TDFusionError(f"config key {dotted!r}: {part!r} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(cfg: dict, overrides: Iterable[str], schema: dict | None = None) -> dict:
+    """Apply ``key=value`` strings; with ``schema``, unknown keys are errors."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise TDFusionError(f"override {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise TDFusionError(f"override {item!r}: value is not valid YAML") from None
+        if schema is not None and not any(key == s or key.startswith(s + ".") for s in _OPEN_SECTIONS):
+            node = schema
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    raise _unknown(key, schema)
+                node = node[part]
+        set_key(cfg, key, value)
+    return cfg
+
+
+def find_recipe(dataset: str, task: str | None) -> Path | None:
+    """The shipped config whose ``recipe`` names this dataset (and task, when given)."""
+    matches = []
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        recipe = _read_yaml(path).get("recipe") or {}
+        if str(recipe.get("dataset", "")).lower() != dataset.lower():
+            continue
+        if task is None or str(recipe.get("task", "")).lower() == task.lower():
+            matches.append(path)
+    if len(matches) > 1:
+        names = ", ".join(p.name for p in matches)
+        raise TDFusionError(f"dataset {dataset!r} has several recipes ({names}); pass --task or --config")
+    return matches[0] if matches else None

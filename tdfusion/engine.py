@@ -1,0 +1,169 @@
+"""The meta-learning engine: Algorithm 1 of TDFusion and ReFusion, task-agnostic.
+
+Everything here is a pure function of parameter dicts, run through
+:func:`torch.func.functional_call`; no module is mutated during the meta phase and
+nothing touches the disk. The downstream task enters only through a
+:class:`tasks.TaskHead` (its ``loss``), so the same code serves segmentation,
+detection and reconstruction.
+
+One meta iteration (learning of G):
+
+1. inner update, meta-train batch::
+
+       theta_F' = theta_F - eta * dL_f(F(crop), G(crop)) / dtheta_F     (graph kept: theta_F'(theta_G))
+       theta_T' = theta_T - eta_T * dL_t(T(F(task view).detach())) / dtheta_T
+
+2. outer update, meta-test batch: ``L_t(T'(F'(task view)))``, differentiated w.r.t.
+   theta_G through theta_F' (second order). theta_F and theta_T are not changed.
+
+Learning of F and T (N steps): F by L_f with G frozen (weights detached); T by L_t on
+the detached fused image. The task loss never reaches F directly.
+
+Batches are dicts from :mod:`tdfusion.data.views` (``crop_a``/``crop_b`` for L_f,
+``a``/``b`` and targets for L_t).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .losses import fusion_loss
+
+__all__ = [
+    "LossSettings", "Params", "fixed_weights", "fusion_objective", "inner_update", "meta_gradient",
+    "meta_objective", "params_of", "task_inner_update", "task_objective", "trainable",
+]
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """How L_f is formed: ``form`` ("tdfusion" | "refusion"), ``alpha``, ``intensity``
+    ("paper" | "reference") and ``fixed`` (ablation: w = v = 1/2, G unused)."""
+
+    form: str = "tdfusion"
+    alpha: float = 1.0
+    intensity: str = "paper"
+    fixed: bool = False
+
+
+def params_of(net: nn.Module) -> Params:
+    """The module's own parameters (trainable or not) by name."""
+    return dict(net.named_parameters())
+
+
+def trainable(params: Mapping[str, torch.Tensor]) -> Params:
+    return {k: p for k, p in params.items() if p.requires_grad}
+
+
+def _with_buffers(net: nn.Module, params: Mapping[str, torch.Tensor], copy_buffers: bool) -> Params:
+    # Under functional_call a BatchNorm in train mode updates the running statistics it
+    # is given in place; handing it copies keeps the module untouched in the meta phase.
+    buffers = {k: (b.clone() if copy_buffers else b) for k, b in net.named_buffers()}
+    return {**buffers, **params}
+
+
+def fixed_weights(a: torch.Tensor, pairs: int) -> torch.Tensor:
+    """Constant 1/2 weights ``(B, 2 * pairs, H, W)`` for the fixed-weight ablation."""
+    return torch.full((a.shape[0], 2 * pairs, *a.shape[2:]), 0.5, dtype=a.dtype, device=a.device)
+
+
+def fusion_objective(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor],
+                     lossgen: nn.Module | None, g_params: Mapping[str, torch.Tensor] | None,
+                     a: torch.Tensor, b: torch.Tensor, settings: LossSettings,
+                     detach_weights: bool = False) -> dict[str, torch.Tensor]:
+    """L_f of ``F(a, b)`` under G's weights; returns ``{"loss", "int", "grad", "fused", "weights"}``.
+
+    Args:
+        a, b: ``(B, 1, h, w)`` fusion-loss crops.
+        detach_weights: G frozen (the fusion phase); otherwise the loss is differentiable
+            in ``g_params`` (the inner update).
+    """
+    fused = functional_call(fusion_net, dict(f_params), (a, b))
+    if settings.fixed or lossgen is None:
+        pairs = 2 if settings.form == "refusion" else 1
+        weights = fixed_weights(a, pairs)
+    elif detach_weights:
+        with torch.no_grad():
+            weights = functional_call(lossgen, dict(g_params), (a, b))
+    else:
+        weights = functional_call(lossgen, dict(g_params), (a, b))
+    out = fusion_loss(settings.form, fused, a, b, weights, settings.alpha, settings.intensity)
+    return {**out, "fused": fused, "weights": weights}
+
+
+def inner_update(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor], lossgen: nn.Module,
+                 g_params: Mapping[str, torch.Tensor], batch: Mapping[str, Any], lr: float,
+                 settings: LossSettings) -> tuple[Params, dict[str, torch.Tensor]]:
+    """One differentiable SGD step of F on L_f (meta-train crops).
+
+    Returns ``(theta_F', losses)``; ``theta_F'`` is a function of ``g_params`` (the graph is
+    kept, ``create_graph=True``), ready for the outer update.
+    """
+    out = fusion_objective(fusion_net, f_params, lossgen, g_params, batch["crop_a"], batch["crop_b"], settings)
+    names = list(trainable(f_params))
+    grads = torch.autograd.grad(out["loss"], [f_params[n] for n in names], create_graph=True)
+    stepped = dict(f_params)
+    for n, g in zip(names, grads):
+        stepped[n] = f_params[n] - lr * g
+    return stepped, out
+
+
+def task_objective(task, task_net: nn.Module, t_params: Mapping[str, torch.Tensor], fused: torch.Tensor,
+                   batch: Mapping[str, Any], copy_buffers: bool = False) -> torch.Tensor:
+    """L_t of the task network under ``t_params`` on a fused batch."""
+    return task.loss(task_net, _with_buffers(task_net, t_params, copy_buffers), fused, batch)
+
+
+def task_inner_update(task, task_net: nn.Module, t_params: Mapping[str, torch.Tensor], fused: torch.Tensor,
+                      batch: Mapping[str, Any], lr: float) -> tuple[Params, torch.Tensor]:
+    """One ordinary (first-order) SGD step of T: ``theta_T' = theta_T - lr * dL_t/dtheta_T``.
+
+    ``fused`` should be detached (the task loss never reaches F here). Returns
+    ``(theta_T' detached, loss)``.
+    """
+    loss = task_objective(task, task_net, t_params, fused, batch, copy_buffers=True)
+    names = list(trainable(t_params))
+    if lr == 0.0 or not names:
+        return {k: p.detach() for k, p in t_params.items()}, loss.detach()
+    grads = torch.autograd.grad(loss, [t_params[n] for n in names], allow_unused=True)
+    stepped = {k: p.detach() for k, p in t_params.items()}
+    for n, g in zip(names, grads):
+        if g is not None:
+            stepped[n] = (t_params[n] - lr * g).detach()
+    return stepped, loss.detach()
+
+
+def meta_objective(fusion_net: nn.Module, f_stepped: Mapping[str, torch.Tensor], task, task_net: nn.Module,
+                   t_stepped: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> torch.Tensor:
+    """Outer objective: ``L_t(T'(F'(a, b)))`` on the meta-test batch's task view."""
+    fused = functional_call(fusion_net, dict(f_stepped), (batch["a"], batch["b"]))
+    return task_objective(task, task_net, t_stepped, fused, batch, copy_buffers=True)
+
+
+def meta_gradient(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor], lossgen: nn.Module,
+                  g_params: Mapping[str, torch.Tensor], task, task_net: nn.Module,
+                  t_params: Mapping[str, torch.Tensor], train_batch: Mapping[str, Any],
+                  test_batch: Mapping[str, Any], inner_lr: float, task_inner_lr: float,
+                  settings: LossSettings) -> tuple[Params, dict[str, float]]:
+    """d L_t(T'(F'(meta-test))) / d theta_G for one meta iteration (inner + outer update).
+
+    Returns ``(gradients by G parameter name, scalar logs)``. Nothing is mutated.
+    """
+    f_stepped, inner = inner_update(fusion_net, f_params, lossgen, g_params, train_batch, inner_lr, settings)
+    with torch.no_grad():
+        fused_train = functional_call(fusion_net, dict(f_params), (train_batch["a"], train_batch["b"]))
+    t_stepped, task_train_loss = task_inner_update(task, task_net, t_params, fused_train, train_batch, task_inner_lr)
+    outer = meta_objective(fusion_net, f_stepped, task, task_net, t_stepped, test_batch)
+    names = list(trainable(g_params))
+    grads = torch.autograd.grad(outer, [g_params[n] for n in names], allow_unused=True)
+    grads_by_name = {n: (g if g is not None else torch.zeros_like(g_params[n])) for n, g in zip(names, grads)}
+    logs = {"loss_f": inner["loss"].item(), "loss_int": inner["int"].item(), "loss_grad": inner["grad"].item(),
+            "loss_t_inner": float(task_train_loss), "loss_t_outer": float(outer.detach())}
+    return grads_by_name, logs
+

@@ -1,0 +1,162 @@
+"""Downstream evaluation of image sources, and the papers' retrain-per-source protocol.
+
+A *source* is what the task network looks at: one of the two inputs (``ir``/``vis``),
+the fused image of a tdfusion checkpoint computed on the fly, or a folder of fused
+images made by any method. Every source is brought to the task input size the same
+way (the whole image resized), and targets stay at their native resolution.
+
+* :func:`evaluate_sources` scores several sources with one task network (e.g. the one
+  trained jointly with the fusion network): ``tdfusion eval``.
+* :func:`compare_sources` is the comparison protocol of TDFusion (Table 2): for each
+  source, train the same task network from scratch on that source's training images
+  with the same schedule and seed, then evaluate it on that source's test images:
+  ``tdfusion compare``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from .data import collate, eval_view, to_device
+from .data.base import PairDataset, luminance
+from .data.views import train_view
+from .errors import TDFusionError
+from .io import list_images
+from .optim import make_optimizer
+from .progress import progress_bar
+
+__all__ = ["ImageSource", "compare_sources", "evaluate_sources", "fused_folder_source", "fusion_source",
+           "input_source", "train_task_only"]
+
+
+@dataclass
+class ImageSource:
+    """A named way to turn a view ``{"a", "b", ...}`` (task size) into the task's input.
+
+    ``image(view, split)`` returns ``(B, 1, H, W)`` in [0, 1] on the view's device.
+    """
+
+    name: str
+    image: Callable[[dict[str, Any], str], torch.Tensor]
+
+
+def input_source(name: str, key: str) -> ImageSource:
+    """One of the sources themselves: ``key`` is ``"a"`` or ``"b"``."""
+    return ImageSource(name, lambda view, split: view[key])
+
+
+def fusion_source(name: str, fusion_net: nn.Module) -> ImageSource:
+    """The fused image of ``fusion_net``, computed on the task-size sources (as in training)."""
+
+    @torch.no_grad()
+    def image(view: dict[str, Any], split: str) -> torch.Tensor:
+        return fusion_net(view["a"], view["b"])
+
+    return ImageSource(name, image)
+
+
+def fused_folder_source(name: str, folder: str | os.PathLike) -> ImageSource:
+    """Fused images of another method: ``<folder>/<split>/<stem>.*`` or ``<folder>/<stem>.*``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TDFusionError(f"{folder}: no such folder of fused images")
+    index: dict[str, dict[str, Path]] = {}
+
+    def lookup(stem: str, split: str) -> Path:
+        for key in (split, ""):
+            if key not in index:
+                sub = folder / key if key else folder
+                index[key] = list_images(sub) if sub.is_dir() else {}
+            if stem in index[key]:
+                return index[key][stem]
+        raise TDFusionError(f"{folder}: no fused image for {stem!r} (looked in {folder / split} and {folder})")
+
+    def image(view: dict[str, Any], split: str) -> torch.Tensor:
+        out = []
+        for stem, ref in zip(view["stems"], view["a"]):
+            y = luminance(lookup(stem, split))
+            h, w = ref.shape[-2:]
+            if y.shape != (h, w):
+                y = cv2.resize(y, (w, h), interpolation=cv2.INTER_AREA if y.shape[0] * y.shape[1] > h * w
+                               else cv2.INTER_LINEAR)
+            out.append(torch.from_numpy(np.ascontiguousarray(y))[None])
+        return torch.stack(out).to(view["a"].device)
+
+    return ImageSource(name, image)
+
+
+def _eval_batches(dataset: PairDataset, task_size, device, limit: int | None = None) -> Iterator[dict]:
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in range(n):
+        yield to_device(collate([eval_view(dataset[i], task_size)]), device)
+
+
+@torch.no_grad()
+def evaluate_source(task, task_net: nn.Module, source: ImageSource, dataset: PairDataset, task_size,
+                    device, split: str = "test", limit: int | None = None) -> dict[str, Any]:
+    """Task metrics of ``task_net`` on one source over ``dataset``."""
+    evaluator = task.evaluator()
+    was_training = task_net.training
+    task_net.eval()
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    with progress_bar(total, f"evaluating {source.name}", enabled=total > 1) as advance:
+        for view in _eval_batches(dataset, task_size, device, limit):
+            evaluator.update(task.predict(task_net, source.image(view, split)), view)
+            advance()
+    task_net.train(was_training)
+    return evaluator.compute()
+
+
+def evaluate_sources(task, task_net: nn.Module, sources: list[ImageSource], dataset: PairDataset, task_size,
+                     device, split: str = "test", limit: int | None = None) -> dict[str, dict[str, Any]]:
+    """``{source name: metrics}`` for one task network over several sources."""
+    return {s.name: evaluate_source(task, task_net, s, dataset, task_size, device, split, limit) for s in sources}
+
+
+def train_task_only(task, source: ImageSource, dataset: PairDataset, *, epochs: int, batch_size: int, lr: float,
+                    task_size, crop_size: int, hflip: bool, seed: int, device, split: str = "train") -> nn.Module:
+    """Train a fresh task network on one source's images (no fusion learning)."""
+    torch.manual_seed(seed)
+    net = task.build_network().to(device)
+    opt = make_optimizer(net.parameters(), lr)
+    n = len(dataset)
+    steps = epochs * max(1, -(-n // batch_size))
+    net.train()
+    with progress_bar(steps, f"training on {source.name}") as advance:
+        for epoch in range(epochs):
+            perm = np.random.default_rng([seed, epoch]).permutation(n)
+            for start in range(0, n, batch_size):
+                idx = perm[start:start + batch_size]
+                items = [train_view(dataset[int(i)], np.random.default_rng([seed, epoch, int(i)]), crop_size,
+                                    task_size, hflip) for i in idx]
+                batch = to_device(collate(items), device)
+                loss = task.loss(net, {**dict(net.named_parameters()), **dict(net.named_buffers())},
+                                 source.image(batch, split), batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                advance(1, loss=float(loss))
+    return net
+
+
+def compare_sources(task, sources: list[ImageSource], train_set: PairDataset, test_set: PairDataset, *,
+                    epochs: int, batch_size: int, lr: float, task_size, crop_size: int,
+                    seed: int, device, limit: int | None = None) -> dict[str, dict[str, Any]]:
+    """The retrain-per-source protocol: same network, schedule and seed for every source.
+
+    No flips: images of another method's folder cannot be flipped together with the
+    views, and every source must see exactly the same schedule.
+    """
+    results = {}
+    for source in sources:
+        net = train_task_only(task, source, train_set, epochs=epochs, batch_size=batch_size, lr=lr,
+                              task_size=task_size, crop_size=crop_size, hflip=False, seed=seed, device=device)
+        results[source.name] = evaluate_source(task, net, source, test_set, task_size, device, "test", limit)
+    return results

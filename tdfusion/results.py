@@ -1,0 +1,83 @@
+"""Result tables: rich console tables, JSON and CSV for per-source task metrics."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from typing import Any
+
+from .io import atomic_write
+
+__all__ = ["print_table", "scalar_metrics", "write_csv", "write_json"]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The top-level numeric entries of a metrics dict."""
+    return {k: v for k, v in metrics.items() if _is_number(v)}
+
+
+def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
+    """Sources as rows, scalar metrics as columns, the best value per column in bold
+    (lowest for columns named like a loss, highest otherwise)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    columns: list[str] = []
+    for metrics in results.values():
+        columns += [k for k in scalar_metrics(metrics) if k not in columns]
+    table = Table(title=title)
+    table.add_column("source")
+    for c in columns:
+        table.add_column(c, justify="right")
+    best = {}
+    for c in columns:
+        values = [m[c] for m in results.values() if _is_number(m.get(c)) and math.isfinite(m[c])]
+        if values:
+            best[c] = min(values) if "loss" in c else max(values)
+    for name, metrics in results.items():
+        cells = []
+        for c in columns:
+            v = metrics.get(c)
+            text = f"{v:.4f}" if _is_number(v) else "-"
+            cells.append(f"[bold green]{text}[/]" if _is_number(v) and len(results) > 1 and v == best.get(c) else text)
+        table.add_row(name, *cells)
+    Console().print(table)
+
+
+def write_json(path: str | os.PathLike, results: dict[str, dict[str, Any]], primary: str, extra: dict | None = None) -> None:
+    """Top level: the primary source's metrics; ``"sources"``: every source's."""
+    payload = {**results[primary], "source": primary, "sources": results, **(extra or {})}
+    with atomic_write(path, "w") as fh:
+        json.dump(payload, fh, indent=2, default=float)
+
+
+def _flatten(prefix: str, obj: Any, out: dict[str, Any]) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif _is_number(obj) or obj is None:
+        out[prefix] = obj
+
+
+def write_csv(path: str | os.PathLike, results: dict[str, dict[str, Any]]) -> None:
+    """One row per source; nested entries (per class) flattened to dotted column names."""
+    rows = []
+    for name, metrics in results.items():
+        flat: dict[str, Any] = {}
+        _flatten("", metrics, flat)
+        rows.append({"source": name, **flat})
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(path, "w") as fh:
+        fh.write(buf.getvalue())

@@ -1,0 +1,490 @@
+"""Training runs: Algorithm 1 driven epoch by epoch, with checkpoints, logs and resume.
+
+A run folder holds::
+
+    config.yaml          the resolved config (after inheritance and overrides)
+    last.pt              latest checkpoint (F, G, T, optimisers, position) -> tdfusion fuse accepts it
+    step_<k>.pt          rolling step checkpoints (run.keep most recent)
+    epoch_<e>.pt         weights at the end of each epoch (no optimiser state)
+    train_log.jsonl      one JSON object per step (phase, losses, learning rates)
+    eval_log.jsonl       task metrics on the test split, per evaluated epoch
+    samples/epoch_<e>.png  sources, fused image and G's weight maps for a few pairs
+    summary.json         final losses and metrics
+
+Every random choice (meta-train/meta-test split, batch order, crops, flips) is a pure
+function of ``(seed, epoch, phase, step)``, and checkpoints store the position and the
+torch RNG state, so ``--resume`` continues exactly where the run stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset
+
+from . import engine
+from .checkpoint import load_checkpoint, module_record, save_checkpoint
+from .data import build_dataset, collate, eval_view, swap_sources, to_device, train_view
+from .data.base import PairDataset
+from .device import resolve_device
+from .errors import TDFusionError
+from .io import atomic_write
+from .losses import FUSION_LOSSES
+from .nets import create_model
+from .optim import apply_meta_gradient, make_optimizer, make_scheduler
+from .progress import progress_bar
+
+__all__ = ["MetaTrainer", "build_task", "evaluate_task", "train"]
+
+_PHASES = ("meta", "fusion")
+
+
+def _seed_of(*key: int) -> int:
+    return int(np.random.SeedSequence([abs(int(k)) for k in key]).generate_state(1)[0])
+
+
+class _Views(Dataset):
+    """Indexes are ``(sample index, seed)``; the seed drives that sample's crop and flip."""
+
+    def __init__(self, base: PairDataset, crop_size: int, task_size, hflip: bool):
+        self.base, self.crop_size, self.task_size, self.hflip = base, crop_size, task_size, hflip
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, seed = key
+        rng = np.random.default_rng(seed)
+        return train_view(self.base[index], rng, self.crop_size, self.task_size, self.hflip)
+
+
+def build_task(task_cfg: dict, dataset: PairDataset | None = None):
+    """Instantiate the task head, filling ``num_classes``/``class_names`` from the dataset."""
+    from tasks import get_task
+
+    cfg = dict(task_cfg)
+    name = cfg.pop("name")
+    try:
+        cls = get_task(name)
+    except ValueError as exc:
+        raise TDFusionError(str(exc)) from None
+    classes = list(getattr(dataset, "classes", []) or [])
+    if "num_classes" in cls.defaults and cfg.get("num_classes") is None and classes:
+        cfg["num_classes"] = len(classes)
+    if "class_names" in cls.defaults and cfg.get("class_names") is None and classes:
+        cfg["class_names"] = classes
+    try:
+        return cls(cfg)
+    except ValueError as exc:
+        raise TDFusionError(f"task {name!r}: {exc}") from None
+
+
+@torch.no_grad()
+def evaluate_task(task, task_net, images: Iterator[tuple[torch.Tensor, dict]]) -> dict[str, Any]:
+    """Run the task's evaluator over ``(fused (B,1,H,W), batch)`` pairs."""
+    evaluator = task.evaluator()
+    was_training = task_net.training
+    task_net.eval()
+    for fused, batch in images:
+        evaluator.update(task.predict(task_net, fused), batch)
+    task_net.train(was_training)
+    return evaluator.compute()
+
+
+@dataclass
+class Position:
+    epoch: int = 0
+    phase: str = "meta"
+    step: int = 0          # steps done in the current phase
+    global_step: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(epoch=self.epoch, phase=self.phase, step=self.step, global_step=self.global_step)
+
+
+class MetaTrainer:
+    """Owns the networks, optimisers and data of one run; :meth:`fit` runs it."""
+
+    def __init__(self, cfg: dict, run_dir: str | Path, resume_from: str | Path | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        tc, dc = cfg["train"], cfg["data"]
+        self.device = resolve_device(tc["device"])
+        if tc["deterministic"]:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(tc["seed"])
+
+        ds_cfg = cfg["dataset"]
+        options = dict(ds_cfg.get("options") or {})
+        try:
+            self.train_set = build_dataset(ds_cfg["name"], ds_cfg["root"], ds_cfg["train_split"], **options)
+        except TypeError as exc:
+            raise TDFusionError(f"dataset {ds_cfg['name']!r}: bad option ({exc})") from None
+        if len(self.train_set) == 0:
+            raise TDFusionError(f"dataset {ds_cfg['name']!r} ({ds_cfg['root']}): the {ds_cfg['train_split']} split is empty")
+        self.test_set = self._optional_split(ds_cfg, options)
+
+        self.task = build_task(cfg["task"], self.train_set)
+        if self.task.target_kind != "none" and self.train_set.target_kind != self.task.target_kind:
+            raise TDFusionError(f"dataset {ds_cfg['name']!r} provides {self.train_set.target_kind!r} targets "
+                                f"but task {self.task.name!r} needs {self.task.target_kind!r}")
+
+        lc = cfg["loss"]
+        if lc["form"] not in FUSION_LOSSES:
+            raise TDFusionError(f"loss.form {lc['form']!r}: expected one of {', '.join(FUSION_LOSSES)}")
+        self.settings = engine.LossSettings(lc["form"], float(lc["alpha"]), lc["intensity"], bool(lc["fixed_weights"]))
+        self.fusion = self._build_net(cfg["fusion"])
+        g_cfg = dict(cfg["lossgen"])
+        g_cfg["pairs"] = FUSION_LOSSES[lc["form"]][1]
+        self.lossgen = self._build_net(g_cfg)
+        self.task_net = self.task.build_network().to(self.device)
+
+        oc = cfg["optim"]
+        self.opt_f = make_optimizer(self.fusion.parameters(), oc["lr_fusion"])
+        self.opt_t = make_optimizer(self.task_net.parameters(), oc["lr_task"])
+        self.opt_g = make_optimizer(self.lossgen.parameters(), oc["lr_lossgen"], cfg["meta"]["g_update"])
+        epochs = tc["epochs"]
+        self.schedulers = [make_scheduler(o, oc["schedule"], epochs, oc["step_size"], oc["gamma"])
+                           for o in (self.opt_f, self.opt_t, self.opt_g)]
+        self.views = _Views(self.train_set, dc["crop_size"], dc["task_size"], dc["hflip"])
+        self.pos = Position()
+        self.meta_steps = 0 if self.settings.fixed else int(tc["meta_steps"])
+        n_batches = math.ceil(len(self.train_set) / dc["batch_size"])
+        self.fusion_steps = int(tc["fusion_steps"]) if tc["fusion_steps"] is not None else n_batches
+        self._stop_requested = False
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    # -- construction helpers -----------------------------------------------------
+    def _optional_split(self, ds_cfg: dict, options: dict) -> PairDataset | None:
+        if not ds_cfg.get("test_split"):
+            return None
+        try:
+            ds = build_dataset(ds_cfg["name"], ds_cfg["root"], ds_cfg["test_split"], **options)
+        except TDFusionError:
+            return None  # no test split: training still works, evaluation is skipped
+        return ds if len(ds) else None
+
+    def _build_net(self, net_cfg: dict) -> torch.nn.Module:
+        net_cfg = dict(net_cfg)
+        arch = net_cfg.pop("arch")
+        try:
+            return create_model(arch, **net_cfg).to(self.device)
+        except (TypeError, ValueError) as exc:
+            raise TDFusionError(f"cannot build {arch!r}: {exc}") from None
+
+    # -- data ------------------------------------------------------------------------
+    def _loader(self, keys: list[list[tuple[int, int]]]) -> DataLoader:
+        dc = self.cfg["data"]
+        # A private generator: creating a loader must not consume the global torch RNG,
+        # or a resumed run would diverge from an uninterrupted one.
+        return DataLoader(self.views, batch_sampler=keys, collate_fn=collate, num_workers=dc["num_workers"],
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator())
+
+    def _phase_keys(self, phase: str, epoch: int, steps: int, start: int) -> list[list[tuple[int, int]]] | tuple:
+        """Batches of ``(index, seed)`` for steps ``start..steps-1`` of a phase."""
+        seed, bs, n = self.cfg["train"]["seed"], self.cfg["data"]["batch_size"], len(self.train_set)
+        perm = np.random.default_rng([seed, epoch, _PHASES.index(phase)]).permutation(n)
+        if phase == "fusion":
+            return [[(int(perm[(s * bs + j) % n]), _seed_of(seed, epoch, 1, s, j)) for j in range(bs)]
+                    for s in range(start, steps)]
+        # Disjoint meta-train / meta-test subsets for this epoch (the papers' Sec. 3.3).
+        half = max(1, n // 2)
+        mtr, mts = perm[:half], (perm[half:] if n > 1 else perm)
+        train = [[(int(mtr[(s * bs + j) % len(mtr)]), _seed_of(seed, epoch, 0, s, j)) for j in range(bs)]
+                 for s in range(start, steps)]
+        test = [[(int(mts[(s * bs + j) % len(mts)]), _seed_of(seed, epoch, 2, s, j)) for j in range(bs)]
+                for s in range(start, steps)]
+        return train, test
+
+    def _prepare(self, batch: dict) -> dict:
+        if self.cfg["data"]["swap_sources"]:
+            batch = swap_sources(batch)
+        return to_device(batch, self.device)
+
+    # -- steps -------------------------------------------------------------------------
+    def meta_step(self, train_batch: dict, test_batch: dict) -> dict[str, float]:
+        mc = self.cfg["meta"]
+        inner_lr = mc["inner_lr"] if mc["inner_lr"] is not None else self.opt_f.param_groups[0]["lr"]
+        task_lr = mc["task_inner_lr"] if mc["task_inner_lr"] is not None else self.opt_t.param_groups[0]["lr"]
+        g_params = engine.params_of(self.lossgen)
+        grads, logs = engine.meta_gradient(
+            self.fusion, engine.params_of(self.fusion), self.lossgen, g_params, self.task, self.task_net,
+            engine.params_of(self.task_net), train_batch, test_batch, inner_lr, task_lr, self.settings)
+        logs["meta_grad_scale"] = apply_meta_gradient(self.opt_g, g_params, grads, mc["g_update"])
+        return logs
+
+    def fusion_step(self, batch: dict) -> dict[str, float]:
+        out = engine.fusion_objective(self.fusion, engine.params_of(self.fusion), self.lossgen,
+                                      engine.params_of(self.lossgen), batch["crop_a"], batch["crop_b"],
+                                      self.settings, detach_weights=True)
+        self.opt_f.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        self.opt_f.step()
+        with torch.no_grad():
+            fused = self.fusion(batch["a"], batch["b"])
+        loss_t = engine.task_objective(self.task, self.task_net, engine.params_of(self.task_net), fused, batch)
+        self.opt_t.zero_grad(set_to_none=True)
+        loss_t.backward()
+        self.opt_t.step()
+        return {"loss_f": float(out["loss"]), "loss_int": float(out["int"]), "loss_grad": float(out["grad"]),
+                "loss_t": float(loss_t)}
+
+    # -- checkpoints -------------------------------------------------------------------
+    def checkpoint(self, with_state: bool = True) -> dict:
+        ckpt: dict[str, Any] = {
+            "fusion": module_record(self.cfg["fusion"]["arch"], self.fusion),
+            "lossgen": module_record(self.cfg["lossgen"]["arch"], self.lossgen),
+            "task": {"name": self.task.name, "config": dict(self.task.config),
+                     "state_dict": {k: v.detach().cpu() for k, v in self.task_net.state_dict().items()}},
+            "epoch": self.pos.epoch, "step": self.pos.global_step,
+            "extra": {"config": self.cfg},
+        }
+        if with_state:
+            ckpt["train_state"] = {
+                "position": self.pos.as_dict(),
+                "optimizers": [o.state_dict() for o in (self.opt_f, self.opt_t, self.opt_g)],
+                "schedulers": [s.state_dict() for s in self.schedulers],
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            }
+        return ckpt
+
+    def save(self, kind: str = "step") -> Path:
+        ckpt = self.checkpoint(with_state=kind != "epoch")
+        if kind == "epoch":
+            path = self.run_dir / f"epoch_{self.pos.epoch:03d}.pt"
+            save_checkpoint(ckpt, path)
+            return path
+        save_checkpoint(ckpt, self.run_dir / "last.pt")
+        if kind == "step":
+            save_checkpoint(ckpt, self.run_dir / f"step_{self.pos.global_step:07d}.pt")
+            for old in sorted(self.run_dir.glob("step_*.pt"))[:-max(1, self.cfg["run"]["keep"])]:
+                old.unlink(missing_ok=True)
+        return self.run_dir / "last.pt"
+
+    def _restore(self, path: str | Path) -> None:
+        ckpt = load_checkpoint(path, map_location="cpu")
+        state = ckpt.get("train_state")
+        if state is None:
+            raise TDFusionError(f"{path}: holds weights only (no training state); resume from last.pt or step_*.pt")
+        task_name = ckpt.get("task", {}).get("name")
+        if task_name != self.task.name:
+            raise TDFusionError(f"{path}: checkpoint of task {task_name!r}, this run is {self.task.name!r}")
+        try:
+            self.fusion.load_state_dict(ckpt["fusion"]["state_dict"])
+            self.lossgen.load_state_dict(ckpt["lossgen"]["state_dict"])
+            self.task_net.load_state_dict(ckpt["task"]["state_dict"])
+            for opt, sd in zip((self.opt_f, self.opt_t, self.opt_g), state["optimizers"]):
+                opt.load_state_dict(sd)
+            for sch, sd in zip(self.schedulers, state["schedulers"]):
+                sch.load_state_dict(sd)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise TDFusionError(f"{path}: does not match this run's configuration ({str(exc).splitlines()[0]})") from None
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.pos = Position(**state["position"])
+        self._truncate_logs()
+
+    def _truncate_logs(self) -> None:
+        """Drop log lines written after the checkpoint we resume from."""
+        for name, key in (("train_log.jsonl", "global_step"), ("eval_log.jsonl", "epoch")):
+            path = self.run_dir / name
+            if not path.exists():
+                continue
+            limit = self.pos.global_step if key == "global_step" else self.pos.epoch
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get(key, 0) <= limit:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+            with atomic_write(path, "w") as fh:
+                fh.write("".join(line + "\n" for line in kept))
+
+    # -- logging, samples, evaluation ----------------------------------------------
+    def _log(self, name: str, record: dict) -> None:
+        with open(self.run_dir / name, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    @torch.no_grad()
+    def render_samples(self, path: Path) -> None:
+        """Grid: one row per pair: A | B | fused | w_a (| v_a) as a colour map."""
+        import cv2
+
+        from .io import write_image
+
+        count = min(self.cfg["run"]["samples"], len(self.train_set))
+        if count <= 0:
+            return
+        size = self.cfg["data"]["task_size"]
+        rows = []
+        self.fusion.eval(), self.lossgen.eval()
+        for i in range(count):
+            view = eval_view(self.train_set[i], size)
+            a, b = view["a"][None].to(self.device), view["b"][None].to(self.device)
+            fused = self.fusion(a, b)
+            weights = (engine.fixed_weights(a, self.lossgen.pairs) if self.settings.fixed
+                       else self.lossgen(a, b))
+            tiles = [t[0, 0].cpu().numpy() for t in (a, b, fused)]
+            grey = [np.repeat((np.clip(t, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, 2) for t in tiles]
+            maps = [cv2.applyColorMap((weights[0, c].cpu().numpy() * 255).round().astype(np.uint8),
+                                      cv2.COLORMAP_VIRIDIS)[..., ::-1] for c in range(0, weights.shape[1], 2)]
+            rows.append(np.concatenate(grey + maps, axis=1))
+        self.fusion.train(), self.lossgen.train()
+        write_image(path, np.ascontiguousarray(np.concatenate(rows, axis=0)))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any] | None:
+        if self.test_set is None:
+            return None
+        limit = self.cfg["run"]["eval_limit"]
+        n = len(self.test_set) if limit is None else min(limit, len(self.test_set))
+        size = self.cfg["data"]["task_size"]
+        self.fusion.eval()
+
+        def batches():
+            for i in range(n):
+                batch = to_device(collate([eval_view(self.test_set[i], size)]), self.device)
+                yield self.fusion(batch["a"], batch["b"]), batch
+
+        result = evaluate_task(self.task, self.task_net, batches())
+        self.fusion.train()
+        return result
+
+    # -- the loop ------------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self._stop_requested = True
+
+    def _check_finite(self, logs: dict[str, float], stems: list[str]) -> None:
+        bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            last = self.run_dir / "last.pt"
+            keep = f"; the last good checkpoint is {last}" if last.exists() else ""
+            raise TDFusionError(
+                f"non-finite {', '.join(bad)} at epoch {self.pos.epoch + 1}, {self.pos.phase} step "
+                f"{self.pos.step + 1} (global step {self.pos.global_step + 1}), batch {', '.join(stems)}{keep}")
+
+    def _after_step(self, logs: dict, stems: list[str]) -> None:
+        self._check_finite(logs, stems)
+        self.pos.step += 1
+        self.pos.global_step += 1
+        record = {**self.pos.as_dict(), "epoch": self.pos.epoch + 1, **logs,
+                  "lr_fusion": self.opt_f.param_groups[0]["lr"], "time": round(time.time(), 3)}
+        self._log("train_log.jsonl", record)
+        if self.pos.global_step % self.cfg["run"]["save_every"] == 0:
+            self.save("step")
+
+    def _run_phase(self, phase: str, steps: int) -> bool:
+        """Run the remaining steps of a phase; False if a stop was requested."""
+        epochs = self.cfg["train"]["epochs"]
+        label = f"epoch {self.pos.epoch + 1}/{epochs} {'learning G' if phase == 'meta' else 'learning F, T'}"
+        keys = self._phase_keys(phase, self.pos.epoch, steps, self.pos.step)
+        running: dict[str, float] = {}
+        with progress_bar(steps, label, enabled=steps > 0) as advance:
+            advance(self.pos.step)
+            if phase == "meta":
+                iterator = zip(self._loader(keys[0]), self._loader(keys[1])) if keys[0] else iter(())
+            else:
+                iterator = ((b, None) for b in self._loader(keys)) if keys else iter(())
+            for first, second in iterator:
+                if self._stop_requested:
+                    return False
+                if phase == "meta":
+                    logs = self.meta_step(self._prepare(first), self._prepare(second))
+                else:
+                    logs = self.fusion_step(self._prepare(first))
+                self._after_step(logs, first["stems"])
+                for k, v in logs.items():
+                    running[k] = 0.9 * running.get(k, v) + 0.1 * v
+                shown = ("loss_f", "loss_t_outer") if phase == "meta" else ("loss_f", "loss_t")
+                advance(1, **{k: running[k] for k in shown if k in running})
+        return not self._stop_requested
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``train.epochs``; returns the summary (also written to summary.json)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+        with atomic_write(self.run_dir / "config.yaml", "w") as fh:
+            yaml.safe_dump(self.cfg, fh, sort_keys=False)
+        previous = signal.signal(signal.SIGINT, self.request_stop)
+        try:
+            return self._fit()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _fit(self) -> dict[str, Any]:
+        epochs = self.cfg["train"]["epochs"]
+        eval_every = self.cfg["run"]["eval_every"]
+        while self.pos.epoch < epochs:
+            for phase, steps in (("meta", self.meta_steps), ("fusion", self.fusion_steps)):
+                if _PHASES.index(phase) < _PHASES.index(self.pos.phase):
+                    continue
+                self.pos.phase = phase
+                if not self._run_phase(phase, steps):
+                    path = self.save("interrupt")
+                    print(f"stopped at epoch {self.pos.epoch + 1}, {phase} step {self.pos.step}; "
+                          f"resume with --resume {path}")
+                    raise KeyboardInterrupt
+                self.pos.step = 0
+            for sch in self.schedulers:
+                sch.step()
+            self.pos.epoch += 1
+            self.pos.phase = "meta"
+            self.render_samples(self.run_dir / "samples" / f"epoch_{self.pos.epoch:03d}.png")
+            if eval_every and self.pos.epoch % eval_every == 0:
+                metrics = self.evaluate()
+                if metrics is not None:
+                    self._log("eval_log.jsonl", {"epoch": self.pos.epoch, **_jsonable(metrics)})
+            self.save("epoch")
+            self.save("last")
+        return self._summary()
+
+    def _summary(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {"run": str(self.run_dir), "epochs": self.pos.epoch,
+                                   "global_steps": self.pos.global_step}
+        log = self.run_dir / "train_log.jsonl"
+        if log.exists():
+            records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            for phase in _PHASES:
+                rows = [r for r in records if r["phase"] == phase and r["epoch"] == self.pos.epoch]
+                if rows:
+                    keys = [k for k in rows[0] if k.startswith("loss")]
+                    summary[f"last_epoch_{phase}"] = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+        ev = self.run_dir / "eval_log.jsonl"
+        if ev.exists():
+            lines = [json.loads(line) for line in ev.read_text().splitlines() if line.strip()]
+            if lines:
+                summary["eval"] = lines[-1]
+        with atomic_write(self.run_dir / "summary.json", "w") as fh:
+            json.dump(summary, fh, indent=2)
+        return summary
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if torch.is_tensor(obj):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def train(cfg: dict, run_dir: str | Path, resume_from: str | Path | None = None) -> dict[str, Any]:
+    """Build a :class:`MetaTrainer` and run it; returns the summary."""
+    return MetaTrainer(cfg, run_dir, resume_from).fit()
