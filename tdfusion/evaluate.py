@@ -142,7 +142,7 @@ def train_task_only(task, source: ImageSource, dataset: PairDataset, *, epochs: 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                advance(1, loss=float(loss))
+                advance(1, loss=loss.item())
     return net
 
 

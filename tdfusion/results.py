@@ -47,7 +47,37 @@ def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
             text = f"{v:.4f}" if _is_number(v) else "-"
             cells.append(f"[bold green]{text}[/]" if _is_number(v) and len(results) > 1 and v == best.get(c) else text)
         table.add_row(name, *cells)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    _print_per_class(console, results)
+
+
+def _print_per_class(console, results: dict[str, dict[str, Any]]) -> None:
+    """A second table, classes as rows and (source, metric) as columns, when results have ``per_class``."""
+    from rich.table import Table
+
+    per = {name: m["per_class"] for name, m in results.items() if isinstance(m.get("per_class"), dict)}
+    if not per:
+        return
+    classes: list[str] = []
+    metrics: list[str] = []
+    for table in per.values():
+        for cls, vals in table.items():
+            if cls not in classes:
+                classes.append(cls)
+            metrics += [k for k, v in (vals or {}).items() if k not in metrics and (_is_number(v) or v is None)]
+    table = Table(title="per class")
+    table.add_column("class")
+    for name in per:
+        for m in metrics:
+            table.add_column(f"{name} {m}" if len(per) > 1 else m, justify="right")
+    for cls in classes:
+        row = []
+        for name in per:
+            vals = per[name].get(cls) or {}
+            row += [f"{vals[m]:.4f}" if _is_number(vals.get(m)) else "-" for m in metrics]
+        table.add_row(str(cls), *row)
+    console.print(table)
 
 
 def write_json(path: str | os.PathLike, results: dict[str, dict[str, Any]], primary: str, extra: dict | None = None) -> None:

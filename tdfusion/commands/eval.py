@@ -124,7 +124,11 @@ def run(args: argparse.Namespace) -> int:
     if len(test_set) == 0:
         raise TDFusionError(f"dataset {cfg['dataset']['name']!r}: the test split is empty")
 
-    task_cfg = dict(ckpt["task"]["config"], name=ckpt["task"]["name"]) if ckpt and "task" in ckpt else dict(cfg["task"])
+    if ckpt and "task" in ckpt:
+        # The checkpoint holds the weights themselves; the path it was initialised from may be gone.
+        task_cfg = dict(ckpt["task"]["config"], name=ckpt["task"]["name"], weights=None)
+    else:
+        task_cfg = dict(cfg["task"])
     if args.task_weights:
         task_cfg["weights"] = args.task_weights
     task = build_task(task_cfg, test_set)
