@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 # Torch is installed first and explicitly: pip then resolves everything else against it.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# Optionally also fuse the demo pairs with a published model: make demo CHECKPOINT=ReFusion_IVIF.pth
 CHECKPOINT ?=
 DEMO := demo_out
 
@@ -14,7 +15,6 @@ DEMO := demo_out
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
@@ -22,11 +22,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tdfusion synth --out $(DEMO)/data --train 8 --test 8
-	@if [ -z "$(CHECKPOINT)" ]; then \
-	  echo "error: no checkpoint given. Download a published ReFusion model (e.g. models/ReFusion_IVIF.pth from https://github.com/HaowenBai/ReFusion) and run: make demo CHECKPOINT=path/to/ReFusion_IVIF.pth" >&2; \
-	  exit 2; fi
-	$(BIN)/tdfusion fuse --checkpoint $(CHECKPOINT) --a $(DEMO)/data/test/ir --b $(DEMO)/data/test/vi --out $(DEMO)/fused
+	rm -rf $(DEMO)/run $(DEMO)/data $(DEMO)/fused
+	$(BIN)/tdfusion train --task recon --dataset synthetic --out $(DEMO)/run
+	$(BIN)/tdfusion synth --out $(DEMO)/data --train 0 --test 8 --size 128 128
+	$(BIN)/tdfusion fuse --checkpoint $(DEMO)/run/last.pt --a $(DEMO)/data/test/ir --b $(DEMO)/data/test/vi --out $(DEMO)/fused
+	@echo "demo done: training samples and G's weight maps in $(DEMO)/run/samples/, fused test pairs in $(DEMO)/fused/"
+	@if [ -n "$(CHECKPOINT)" ]; then \
+	  $(BIN)/tdfusion fuse --checkpoint $(CHECKPOINT) --a $(DEMO)/data/test/ir --b $(DEMO)/data/test/vi --out $(DEMO)/fused_published; fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -55,6 +55,7 @@ class SyntheticDataset(PairDataset):
 
 @register_dataset("synthetic")
 def _synthetic(root, split, **options) -> PairDataset:
+    """Built-in synthetic road scenes generated on the fly (no files); options: length, size, seed, target."""
     return SyntheticDataset(split, **options)
 
 
