@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from ..checkpoint import load_fusion_net
+from ..chunked import plan_bands
 from ..device import resolve_device
 from ..errors import TDFusionError
 from ..inference import fuse_images, to_integer
@@ -45,6 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="resample B to A's size when they differ (default: stop with an error)")
     p.add_argument("--raw", action="store_true",
                    help="also save the network's raw float32 output as <stem>.raw.npy")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="bound the memory the network uses, e.g. 4G or 800M: large images are "
+                        "computed exactly in bands of rows sized to fit (default: no bound)")
+    p.add_argument("--chunk-rows", type=int, default=None, metavar="N",
+                   help="rows per band of the exact banded computation (overrides --max-memory)")
     p.add_argument("--device", default=None, metavar="DEV",
                    help="torch device: cuda, cuda:1, cpu (default: cuda when available)")
     p.set_defaults(func=run)
@@ -62,6 +68,18 @@ def _check_sizes(pairs, resize_b: bool) -> None:
                                 f"pass --resize-b to resample B")
 
 
+def _check_memory(net, pairs, args: argparse.Namespace, device) -> None:
+    """Fail before writing anything if --max-memory/--chunk-rows cannot be met for a pair."""
+    if args.max_memory is None and args.chunk_rows is None:
+        return
+    for _, pa, _ in pairs:
+        height, width = image_size(pa)
+        try:
+            plan_bands(net, height, width, args.chunk_rows, args.max_memory, device)
+        except TDFusionError as exc:
+            raise TDFusionError(f"{pa}: {exc}") from None
+
+
 def _resized(img: Image, size: tuple[int, int]) -> Image:
     h, w = size
     shrink = img.size[0] * img.size[1] > h * w
@@ -76,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     pairs = match_pairs(args.a, args.b)
     _check_sizes(pairs, args.resize_b)
     net, _ = load_fusion_net(args.checkpoint, device)
+    _check_memory(net, pairs, args, device)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with progress_bar(len(pairs), "fusing", enabled=len(pairs) > 1) as advance:
@@ -83,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
             a, b = read_image(pa), read_image(pb)
             if b.size != a.size:
                 b = _resized(b, a.size)
-            raw, out = fuse_images(net, a, b, normalize=args.normalize, gray=args.gray)
+            raw, out = fuse_images(net, a, b, normalize=args.normalize, gray=args.gray,
+                                   max_memory=args.max_memory, chunk_rows=args.chunk_rows)
             write_image(out_dir / f"{stem}.png", to_integer(out, max(a.bit_depth, b.bit_depth)))
             if args.raw:
                 with atomic_write(out_dir / f"{stem}.raw.npy") as fh:

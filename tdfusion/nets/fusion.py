@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ConvProjection, RestormerBlock, transposed_attention
+from .blocks import (ConvProjection, RestormerBlock, apply_mixing, attention_mixing, channels_last_view, conv3x3,
+                     from_channels_last, pointwise)
 from .registry import register_model
 
 __all__ = ["AdaptiveFusion", "FusionNet"]
@@ -49,15 +50,23 @@ class AdaptiveFusion(nn.Module):
         self.proj_b = nn.Conv2d(channels * 4, channels * 2, 1, bias=False)
 
     def forward(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-        qa, ka, va = self.qkv_a(xa).chunk(3, dim=1)
-        qb, kb, vb = self.qkv_b(xb).chunk(3, dim=1)
-        xa = xa + self.cross_a(transposed_attention(qb, ka, va, self.temperature_a, self.heads))
-        xb = xb + self.cross_b(transposed_attention(qa, kb, vb, self.temperature_b, self.heads))
-        joint = torch.cat([xa, xb], dim=1)
-        gate_a, gate_b = self.gate(joint).chunk(2, dim=1)
-        ga = F.gelu(gate_a) * self.expand_a(xa)
-        gb = F.gelu(gate_b) * self.expand_b(xb)
-        return joint + self.proj_a(ga) + self.proj_b(gb)
+        out = self.forward_cl(channels_last_view(xa), channels_last_view(xb))
+        return from_channels_last(out)
+
+    def forward_cl(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C) x2 -> (B, H, W, 2C)``."""
+        c = xa.shape[-1]
+        qa, ka, va = self.qkv_a.forward_cl(xa).split(c, dim=-1)
+        qb, kb, vb = self.qkv_b.forward_cl(xb).split(c, dim=-1)
+        # Cross attention folded with its 1x1 projection (see blocks.attention_mixing).
+        xa = apply_mixing(xa, va, attention_mixing(qb, ka, self.temperature_a, self.cross_a.weight, self.heads))
+        xb = apply_mixing(xb, vb, attention_mixing(qa, kb, self.temperature_b, self.cross_b.weight, self.heads))
+        joint = torch.cat([xa, xb], dim=-1)
+        wide = self.expand_a.point.weight.shape[0]
+        # Each gate computed on its own so that GELU runs on contiguous memory.
+        ga = F.gelu(self.gate.forward_cl(joint, slice(0, wide))) * self.expand_a.forward_cl(xa)
+        gb = F.gelu(self.gate.forward_cl(joint, slice(wide, 2 * wide))) * self.expand_b.forward_cl(xb)
+        return joint + pointwise(ga, self.proj_a.weight) + pointwise(gb, self.proj_b.weight)
 
 
 @register_model("fusion")
@@ -88,6 +97,18 @@ class FusionNet(nn.Module):
         )
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        xa = self.encoder_a(self.embed_a(a))
-        xb = self.encoder_b(self.embed_b(b))
-        return torch.sigmoid(self.head(self.decoder(self.afm(xa, xb))))
+        # Channels-last throughout (see tdfusion.nets.blocks); (B, 1, H, W) views at both ends.
+        xa = _encode(channels_last_view(a), self.embed_a, self.encoder_a)
+        xb = _encode(channels_last_view(b), self.embed_b, self.encoder_b)
+        x = self.afm.forward_cl(xa, xb)
+        for blk in self.decoder:
+            x = blk.forward_cl(x)
+        return torch.sigmoid(self.head(from_channels_last(x)))
+
+
+def _encode(x: torch.Tensor, embed: nn.Conv2d, blocks: nn.Sequential) -> torch.Tensor:
+    """3x3 embedding then Restormer blocks, ``(B, H, W, 1) -> (B, H, W, C)``."""
+    x = conv3x3(x.contiguous(), embed.weight)
+    for blk in blocks:
+        x = blk.forward_cl(x)
+    return x

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..ops import sobel_magnitude
-from .blocks import RestormerBlock
+from .blocks import RestormerBlock, channels_last_view, conv3x3, from_channels_last
 from .registry import register_model
 
 __all__ = ["LossGenerator"]
@@ -59,10 +59,22 @@ class LossGenerator(nn.Module):
         return torch.cat([x, sobel_magnitude(x)], dim=1) if self.with_gradients else x
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        xa = self.encoder_a(self.embed_a(self._inputs(a)))
-        xb = self.encoder_b(self.embed_b(self._inputs(b)))
-        logits = self.head(self.joint(torch.cat([xa, xb], dim=1)))
-        bsz, _, h, w = logits.shape
+        # Channels-last throughout (see tdfusion.nets.blocks); (B, C, H, W) views at both ends.
+        xa = _encode(self._inputs(a), self.embed_a, self.encoder_a)
+        xb = _encode(self._inputs(b), self.embed_b, self.encoder_b)
+        x = torch.cat([xa, xb], dim=-1)
+        for blk in self.joint:
+            x = blk.forward_cl(x)
+        logits = channels_last_view(self.head(from_channels_last(x)))  # (B, H, W, 2 pairs)
+        bsz, h, w, _ = logits.shape
         # Channels are laid out [a, b] per pair; softmax across the source axis only.
-        weights = logits.reshape(bsz, self.pairs, 2, h, w).softmax(dim=2)
-        return weights.reshape(bsz, 2 * self.pairs, h, w)
+        weights = logits.reshape(bsz, h, w, self.pairs, 2).softmax(dim=-1)
+        return from_channels_last(weights.reshape(bsz, h, w, 2 * self.pairs))
+
+
+def _encode(x: torch.Tensor, embed: nn.Conv2d, blocks: nn.Sequential) -> torch.Tensor:
+    """3x3 embedding then Restormer blocks, ``(B, C_in, H, W) -> (B, H, W, C)``."""
+    x = conv3x3(channels_last_view(x).contiguous(), embed.weight)
+    for blk in blocks:
+        x = blk.forward_cl(x)
+    return x
