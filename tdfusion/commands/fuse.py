@@ -12,7 +12,7 @@ from ..chunked import plan_bands
 from ..device import resolve_device
 from ..errors import TDFusionError
 from ..inference import fuse_images, to_integer
-from ..io import Image, atomic_write, match_pairs, read_image, write_image
+from ..io import Image, atomic_write, image_size, match_pairs, read_image, write_image
 from ..progress import progress_bar
 
 EPILOG = """\
