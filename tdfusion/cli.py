@@ -14,7 +14,7 @@ from . import __version__
 from .errors import TDFusionError
 
 # Order = order in ``tdfusion --help``.
-COMMANDS = ("fuse", "synth", "train", "eval", "compare", "metrics", "report", "data", "convert")
+COMMANDS = ("fuse", "synth", "train", "eval", "compare", "metrics", "report", "data", "convert", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,9 @@
 """Every optimised path against a plain formulation of the same mathematics (issue 7).
 
 * The modules (channels-last, attention folded into one matrix per image, split GELU
-  gates) against a plain NCHW forward pass written here from the papers' equations with
-  ``F.conv2d`` and the reference functions ``channel_layer_norm`` / ``transposed_attention``
-  (themselves checked against textbook loops in test_nets.py): outputs, first- and
+  gates) against the plain NCHW forward pass of ``tdfusion.nets.reference`` (the papers'
+  equations with ``F.conv2d`` and ``channel_layer_norm`` / ``transposed_attention``,
+  themselves checked against textbook loops in test_nets.py): outputs, first- and
   second-order gradients, float64.
 * The exact banded executor (``tdfusion.chunked``) against the unchunked network, with
   band heights that force many bands, odd sizes and every border case; and against the
@@ -26,8 +26,8 @@ from tdfusion.chunked import fuse_banded, parse_memory, plan_bands
 from tdfusion.errors import TDFusionError
 from tdfusion.inference import fuse_luma
 from tdfusion.nets import FusionNet, LossGenerator
-from tdfusion.nets.blocks import attention_mixing, channel_layer_norm, transposed_attention
-from tdfusion.ops import sobel_magnitude
+from tdfusion.nets.blocks import attention_mixing, transposed_attention
+from tdfusion.nets.reference import plain_fusion, plain_lossgen
 
 F64 = torch.float64
 
@@ -54,63 +54,6 @@ def _randomised(net: torch.nn.Module, seed: int, dtype=F64) -> torch.nn.Module:
 def _pair(b, h, w, seed, dtype=F64):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, 1, h, w, generator=g, dtype=dtype), torch.rand(b, 1, h, w, generator=g, dtype=dtype)
-
-
-# ------------------------------------------------------------------------ plain NCHW reference
-
-def _conv_projection(x, p, name):
-    out = F.conv2d(x, p[f"{name}.point.weight"])
-    return F.conv2d(out, p[f"{name}.depth.weight"], padding=1, groups=out.shape[1])
-
-
-def _restormer(x, p, name, heads):
-    y = channel_layer_norm(x, p[f"{name}.norm1.weight"], p[f"{name}.norm1.bias"])
-    q, k, v = _conv_projection(y, p, f"{name}.attn.qkv").chunk(3, dim=1)
-    att = transposed_attention(q, k, v, p[f"{name}.attn.temperature"], heads)
-    x = x + F.conv2d(att, p[f"{name}.attn.proj.weight"])
-    y = channel_layer_norm(x, p[f"{name}.norm2.weight"], p[f"{name}.norm2.bias"])
-    gate, value = _conv_projection(y, p, f"{name}.ffn.expand").chunk(2, dim=1)
-    return x + F.conv2d(F.gelu(gate) * value, p[f"{name}.ffn.proj.weight"])
-
-
-def _encoder(x, p, embed, encoder, blocks, heads):
-    x = F.conv2d(x, p[f"{embed}.weight"], padding=1)
-    for i in range(blocks):
-        x = _restormer(x, p, f"{encoder}.{i}", heads)
-    return x
-
-
-def reference_fusion(p, a, b, blocks, heads):
-    """ReFusion's fusion network, NCHW, the way its equations are written."""
-    xa = _encoder(a, p, "embed_a", "encoder_a", blocks, heads)
-    xb = _encoder(b, p, "embed_b", "encoder_b", blocks, heads)
-    qa, ka, va = _conv_projection(xa, p, "afm.qkv_a").chunk(3, dim=1)
-    qb, kb, vb = _conv_projection(xb, p, "afm.qkv_b").chunk(3, dim=1)
-    xa = xa + F.conv2d(transposed_attention(qb, ka, va, p["afm.temperature_a"], heads), p["afm.cross_a.weight"])
-    xb = xb + F.conv2d(transposed_attention(qa, kb, vb, p["afm.temperature_b"], heads), p["afm.cross_b.weight"])
-    joint = torch.cat([xa, xb], dim=1)
-    gate_a, gate_b = _conv_projection(joint, p, "afm.gate").chunk(2, dim=1)
-    x = (joint + F.conv2d(F.gelu(gate_a) * _conv_projection(xa, p, "afm.expand_a"), p["afm.proj_a.weight"])
-         + F.conv2d(F.gelu(gate_b) * _conv_projection(xb, p, "afm.expand_b"), p["afm.proj_b.weight"]))
-    for i in range(blocks):
-        x = _restormer(x, p, f"decoder.{i}", heads)
-    x = F.leaky_relu(F.conv2d(x, p["head.0.weight"], padding=1), 0.01)
-    return torch.sigmoid(F.conv2d(x, p["head.2.weight"], padding=1))
-
-
-def reference_lossgen(p, a, b, blocks, heads, pairs, with_gradients):
-    def inputs(x):
-        return torch.cat([x, sobel_magnitude(x)], dim=1) if with_gradients else x
-
-    xa = _encoder(inputs(a), p, "embed_a", "encoder_a", blocks, heads)
-    xb = _encoder(inputs(b), p, "embed_b", "encoder_b", blocks, heads)
-    x = torch.cat([xa, xb], dim=1)
-    for i in range(blocks):
-        x = _restormer(x, p, f"joint.{i}", heads)
-    x = F.prelu(F.conv2d(x, p["head.0.weight"], padding=1), p["head.1.weight"])
-    logits = F.conv2d(x, p["head.2.weight"], padding=1)
-    out = [logits[:, 2 * i:2 * i + 2].softmax(dim=1) for i in range(pairs)]
-    return torch.cat(out, dim=1)
 
 
 # ------------------------------------------------------------------------ modules vs reference
@@ -141,14 +84,14 @@ def test_module_forward_and_gradients_match_plain_formulation(kind):
         net = _randomised(FusionNet(dim=8, num_blocks=blocks, heads=heads), seed=1)
 
         def ref(p, a, b):
-            return reference_fusion(p, a, b, blocks, heads)
+            return plain_fusion(p, a, b, blocks, heads)
     else:
         pairs, with_grad = (2, True) if kind == "lossgen-refusion" else (1, False)
         net = _randomised(LossGenerator(dim=8, num_blocks=blocks, heads=heads, pairs=pairs,
                                         with_gradients=with_grad), seed=2)
 
         def ref(p, a, b):
-            return reference_lossgen(p, a, b, blocks, heads, pairs, with_grad)
+            return plain_lossgen(p, a, b, blocks, heads, pairs, with_grad)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()}
     a, b = (x.requires_grad_(True) for x in _pair(2, 9, 11, seed=3))
 
@@ -179,7 +122,7 @@ def test_module_second_order_gradients_match_plain_formulation():
         return torch.autograd.grad(dot, [p[n] for n in names])
 
     got = hvp(lambda p, a, b: functional_call(net, p, (a, b)))
-    expected = hvp(lambda p, a, b: reference_fusion(p, a, b, blocks, heads))
+    expected = hvp(lambda p, a, b: plain_fusion(p, a, b, blocks, heads))
     for n, x, y in zip(names, got, expected):
         assert y.abs().max() > 0, n
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12, msg=n)

@@ -11,7 +11,7 @@ dict (the meta-learning engine relies on this). Modules take and return
 * depthwise 3x3 convolutions hit oneDNN's channels-last kernels (2-3x faster than NCHW
   on the project's CPU, see docs/performance.md),
 * channel attention and its output projection fold into one ``C x C`` matrix per image
-  (:func:`attention_mixing`), applied in a single batched matrix product.
+  (:func:`mixing_from_stats`), applied in a single batched matrix product.
 
 The mathematics is that of the reference formulations kept here
 (:func:`channel_layer_norm`, :func:`transposed_attention`); tests compare the two.
@@ -29,12 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "apply_mixing",
     "attention_mixing",
     "channel_layer_norm",
     "channels_last_view",
     "conv3x3",
     "depthwise3x3",
     "from_channels_last",
+    "mixing_from_stats",
+    "pixel_gram",
     "pointwise",
     "transposed_attention",
     "ChannelLayerNorm",
@@ -84,8 +87,20 @@ def depthwise3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return conv3x3(x, weight, groups=x.shape[-1])
 
 
-def attention_mixing(q: torch.Tensor, k: torch.Tensor, temperature: torch.Tensor,
-                     proj: torch.Tensor, heads: int) -> torch.Tensor:
+def pixel_gram(x: torch.Tensor) -> torch.Tensor:
+    """Channel Gram matrix over all pixels of each image: ``(B, H, W, m) -> (B, m, m)``.
+
+    Its diagonal holds each channel's squared L2 norm, so one batched product gives both
+    ``q.k`` and the norms the attention needs. Measured forward+backward at 2x256x256:
+    1.8x faster than ``q^T k`` plus ``vector_norm`` (a strided reduction), despite
+    computing ``(2C)^2`` instead of ``C^2`` entries.
+    """
+    m = x.reshape(x.shape[0], -1, x.shape[-1])
+    return m.transpose(1, 2) @ m
+
+
+def mixing_from_stats(qk: torch.Tensor, q_sq: torch.Tensor, k_sq: torch.Tensor, temperature: torch.Tensor,
+                      proj: torch.Tensor, heads: int) -> torch.Tensor:
     """Channel attention of every head and the projection after it, as one matrix per image.
 
     With ``qhat``, ``khat`` the L2-normalised channels (over all pixels) and
@@ -95,32 +110,38 @@ def attention_mixing(q: torch.Tensor, k: torch.Tensor, temperature: torch.Tensor
     ``M = P @ blockdiag(A)``, so the caller applies attention and projection in one
     product and never materialises ``attn @ v``.
 
-    The normalisation is applied to the ``C x C`` Gram matrix instead of to ``q`` and
-    ``k`` (``qhat.khat = q.k / (|q| |k|)``, with ``F.normalize``'s ``max(|.|, eps)``), which
-    saves two full passes over the image. The Gram matrix is computed for all channel
-    pairs in one batched product (``C^2`` instead of ``C^2 / heads`` multiply-adds per
-    pixel, a few percent of a block) and the pairs across heads are masked out.
+    The normalisation is applied to the ``C x C`` matrix of products instead of to
+    ``q`` and ``k`` (``qhat.khat = q.k / (|q| |k|)``, with ``F.normalize``'s
+    ``max(|.|, eps)``), which saves two full passes over the image. Products between
+    channels of different heads are masked out.
 
     Args:
-        q, k: ``(B, H, W, C)`` (channel slices of a wider tensor are fine).
+        qk: ``(B, C, C)`` sums over pixels of ``q_i k_j``.
+        q_sq, k_sq: ``(B, C)`` sums over pixels of ``q_i^2`` and ``k_j^2``.
         temperature: ``(heads, 1, 1)``.
         proj: ``(C_out, C, 1, 1)`` or ``(C_out, C)``, the projection after the attention.
     Returns:
         ``(B, C_out, C)``.
     """
-    b, c = q.shape[0], q.shape[-1]
+    c = qk.shape[-1]
     d = c // heads
-    q = q.reshape(b, -1, c)
-    k = k.reshape(b, -1, c)
-    gram = q.transpose(1, 2) @ k                                    # (B, C, C)
-    qn = torch.linalg.vector_norm(q, dim=1).clamp_min(_NORM_EPS)    # (B, C)
-    kn = torch.linalg.vector_norm(k, dim=1).clamp_min(_NORM_EPS)
+    qn = q_sq.sqrt().clamp_min(_NORM_EPS)
+    kn = k_sq.sqrt().clamp_min(_NORM_EPS)
     scale = temperature.reshape(heads, 1).expand(heads, d).reshape(c, 1)
-    logits = gram / (qn.unsqueeze(2) * kn.unsqueeze(1)) * scale
-    head_of = torch.arange(c, device=q.device) // d
+    logits = qk / (qn.unsqueeze(2) * kn.unsqueeze(1)) * scale
+    head_of = torch.arange(c, device=qk.device) // d
     same_head = head_of.unsqueeze(1) == head_of.unsqueeze(0)
     attn = logits.masked_fill(~same_head, float("-inf")).softmax(dim=-1)  # block diagonal
     return proj.flatten(1) @ attn
+
+
+def attention_mixing(q: torch.Tensor, k: torch.Tensor, temperature: torch.Tensor,
+                     proj: torch.Tensor, heads: int) -> torch.Tensor:
+    """:func:`mixing_from_stats` for ``q``, ``k`` of shape ``(B, H, W, C)``; returns ``(B, C_out, C)``."""
+    c = q.shape[-1]
+    gram = pixel_gram(torch.cat([q, k], dim=-1))
+    sq = gram.diagonal(dim1=1, dim2=2)
+    return mixing_from_stats(gram[:, :c, c:], sq[:, :c], sq[:, c:], temperature, proj, heads)
 
 
 def apply_mixing(x: torch.Tensor, v: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
@@ -238,9 +259,12 @@ class TransposedAttention(nn.Module):
     def forward_cl(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``residual + MDTA(x)`` on ``(B, H, W, C)`` tensors (the add is fused in)."""
         c = x.shape[-1]
-        q, k, v = self.qkv.forward_cl(x).split(c, dim=-1)
-        mix = attention_mixing(q, k, self.temperature, self.proj.weight, self.heads)
-        return apply_mixing(residual, v, mix)
+        qkv = self.qkv.forward_cl(x)
+        gram = pixel_gram(qkv[..., :2 * c])  # q and k are adjacent: one product, no copy
+        sq = gram.diagonal(dim1=1, dim2=2)
+        mix = mixing_from_stats(gram[:, :c, c:], sq[:, :c], sq[:, c:], self.temperature, self.proj.weight,
+                                self.heads)
+        return apply_mixing(residual, qkv[..., 2 * c:], mix)
 
 
 class GatedFeedForward(nn.Module):

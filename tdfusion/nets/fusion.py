@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import (ConvProjection, RestormerBlock, apply_mixing, attention_mixing, channels_last_view, conv3x3,
-                     from_channels_last, pointwise)
+from .blocks import (ConvProjection, RestormerBlock, apply_mixing, channels_last_view, conv3x3, from_channels_last,
+                     mixing_from_stats, pixel_gram, pointwise)
 from .registry import register_model
 
 __all__ = ["AdaptiveFusion", "FusionNet"]
@@ -56,11 +56,22 @@ class AdaptiveFusion(nn.Module):
     def forward_cl(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C) x2 -> (B, H, W, 2C)``."""
         c = xa.shape[-1]
-        qa, ka, va = self.qkv_a.forward_cl(xa).split(c, dim=-1)
-        qb, kb, vb = self.qkv_b.forward_cl(xb).split(c, dim=-1)
-        # Cross attention folded with its 1x1 projection (see blocks.attention_mixing).
-        xa = apply_mixing(xa, va, attention_mixing(qb, ka, self.temperature_a, self.cross_a.weight, self.heads))
-        xb = apply_mixing(xb, vb, attention_mixing(qa, kb, self.temperature_b, self.cross_b.weight, self.heads))
+        qkv_a, qkv_b = self.qkv_a.forward_cl(xa), self.qkv_b.forward_cl(xb)
+        qa, ka, va = qkv_a.split(c, dim=-1)
+        qb, kb, vb = qkv_b.split(c, dim=-1)
+        # Cross attention folded with its 1x1 projection (see blocks.mixing_from_stats);
+        # squared norms from each branch's own Gram matrix, cross products q_b.k_a, q_a.k_b.
+        sq_a = pixel_gram(qkv_a[..., :2 * c]).diagonal(dim1=1, dim2=2)  # |qa|^2, |ka|^2
+        sq_b = pixel_gram(qkv_b[..., :2 * c]).diagonal(dim1=1, dim2=2)  # |qb|^2, |kb|^2
+        b = xa.shape[0]
+        cross_ba = qb.reshape(b, -1, c).transpose(1, 2) @ ka.reshape(b, -1, c)
+        cross_ab = qa.reshape(b, -1, c).transpose(1, 2) @ kb.reshape(b, -1, c)
+        mix_a = mixing_from_stats(cross_ba, sq_b[:, :c], sq_a[:, c:], self.temperature_a, self.cross_a.weight,
+                                  self.heads)
+        mix_b = mixing_from_stats(cross_ab, sq_a[:, :c], sq_b[:, c:], self.temperature_b, self.cross_b.weight,
+                                  self.heads)
+        xa = apply_mixing(xa, va, mix_a)
+        xb = apply_mixing(xb, vb, mix_b)
         joint = torch.cat([xa, xb], dim=-1)
         wide = self.expand_a.point.weight.shape[0]
         # Each gate computed on its own so that GELU runs on contiguous memory.

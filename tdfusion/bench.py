@@ -1,0 +1,341 @@
+"""Benchmarks behind ``tdfusion bench``: inference at several sizes, one meta iteration per task.
+
+Every figure is the median of several timed runs after warm-up runs, with the hardware
+it was taken on (CPU model, cores, torch threads, GPU, and the load average: the
+project's machine is shared, and a busy neighbour slows everything down). Achieved
+GFLOP/s count the network's multiply-adds (``torch.utils.flop_counter``: convolutions
+and matrix products, 2 FLOP each) per second of wall time. Peak memory is the process's
+peak resident set (CPU, ``VmHWM`` after resetting it) or torch's peak allocation (GPU).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from math import prod
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .chunked import fuse_banded, plan_bands
+from .nets import FusionNet
+
+__all__ = ["hardware", "bench_inference", "bench_meta", "MemoryPeak"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------
+# Environment
+# ---------------------------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "gpu": None,
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = f"{props.name}, {props.total_memory / 2 ** 30:.0f} GiB"
+    return info
+
+
+class MemoryPeak:
+    """Peak memory of a block: process peak RSS on CPU (Linux), torch's peak on GPU.
+
+    ``peak_mb``: the peak during the block; ``base_mb``: resident/allocated at its start.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mb: float | None = None
+        self.base_mb: float | None = None
+
+    def __enter__(self) -> MemoryPeak:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base_mb = torch.cuda.memory_allocated(self.device) / 2 ** 20
+        else:
+            try:  # "5" resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                pass
+            self.base_mb = _status_mb("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        else:
+            self.peak_mb = _status_mb("VmHWM")
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, _transposed,
+                         _output_padding, _groups, output_mask, **kwargs) -> int:
+    """Backward of a convolution: each requested gradient costs one forward convolution.
+
+    torch's own formula ignores ``groups`` and counts a depthwise convolution's weight
+    gradient ``C`` times over (178 of 203 GFLOP of the fusion network's backward pass).
+    """
+    forward = prod(grad_out_shape[2:]) * prod(w_shape[2:]) * x_shape[0] * w_shape[0] * w_shape[1] * 2
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def _count_flops(fn: Callable[[], Any]) -> float | None:
+    try:
+        mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            fn()
+        return float(counter.get_total_flops())
+    except Exception:  # a kernel without a FLOP formula must not stop the benchmark
+        return None
+
+
+def _row(times: list[float], flops: float | None) -> dict[str, Any]:
+    med = statistics.median(times)
+    return {"median_s": med, "min_s": min(times), "runs": len(times),
+            "gflops_per_s": None if flops is None else flops / med / 1e9,
+            "gflop": None if flops is None else flops / 1e9}
+
+
+# ---------------------------------------------------------------------------------------
+# Inference
+# ---------------------------------------------------------------------------------------
+
+def fusion_flops_per_pixel(net: FusionNet) -> float:
+    """Network FLOPs per output pixel (multiply-adds of convolutions and products x 2).
+
+    Counted on the plain module at 64x64; every layer's cost is linear in the pixel count.
+    """
+    param = next(net.parameters())
+    a = torch.rand(1, 1, 64, 64, dtype=param.dtype, device=param.device)
+    with torch.inference_mode():
+        flops = _count_flops(lambda: net(a, a))
+    return (flops or float("nan")) / (64 * 64)
+
+
+def bench_inference(net: FusionNet, sizes: list[tuple[int, int]], device: torch.device, warmup: int = 1,
+                    repeats: int = 3, paths: tuple[str, ...] = ("banded",), chunk_rows: int | None = None,
+                    max_memory: str | None = None, dtype: torch.dtype = torch.float32,
+                    progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Time fusing one pair per size along each path.
+
+    Paths: ``banded`` (the default inference path, :func:`tdfusion.chunked.fuse_banded`),
+    ``module`` (the optimised module's forward on the whole image), ``plain`` (the plain
+    NCHW formulation of :mod:`tdfusion.nets.reference`, i.e. the code before issue 7).
+    """
+    from .nets.reference import plain_fusion
+
+    net = net.to(device=device, dtype=dtype).eval()
+    per_pixel = fusion_flops_per_pixel(net)
+    params = dict(net.named_parameters())
+    cfg = net.config
+    rows = []
+    for h, w in sizes:
+        g = torch.Generator().manual_seed(h * 7919 + w)
+        a = torch.rand(h, w, generator=g).to(device, dtype)
+        b = torch.rand(h, w, generator=g).to(device, dtype)
+        for path in paths:
+            if progress:
+                progress(f"inference {w}x{h} {path}")
+            if path == "banded":
+                plan = plan_bands(net, h, w, chunk_rows, max_memory, device, a.element_size())
+
+                def fn():
+                    return fuse_banded(net, a, b, band_rows=plan.rows)
+            elif path in ("module", "plain"):
+                plan = None
+                a4, b4 = a[None, None], b[None, None]
+
+                def fn(path=path):
+                    with torch.inference_mode():
+                        if path == "module":
+                            return net(a4, b4)
+                        return plain_fusion(params, a4, b4, cfg["num_blocks"], cfg["heads"])
+            else:
+                raise ValueError(f"unknown inference path {path!r} (banded, module, plain)")
+            with MemoryPeak(device) as mem:
+                times = _timed(fn, device, warmup, repeats)
+            row = {"what": "inference", "size": f"{w}x{h}", "path": path, "dtype": str(dtype).replace("torch.", ""),
+                   **_row(times, per_pixel * h * w), "pairs_per_s": 1.0 / statistics.median(times),
+                   "peak_mb": mem.peak_mb, "start_mb": mem.base_mb}
+            if plan is not None:
+                row.update(band_rows=plan.rows, bands=plan.count, planned_mb=plan.expected_bytes / 2 ** 20)
+            rows.append(row)
+    return rows
+
+
+def bf16_error(net: FusionNet, device: torch.device, size: tuple[int, int] = (256, 256)) -> dict[str, float]:
+    """Max/mean absolute difference of the fused output in bfloat16 (and float16 on GPU) vs float32."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(*size, generator=g)
+    b = torch.rand(*size, generator=g)
+    ref = fuse_banded(net.float().to(device), a, b).float().cpu()
+    out = {}
+    dtypes = [torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
+    for dt in dtypes:
+        low = fuse_banded(net.to(dt), a, b).float().cpu()
+        diff = (low - ref).abs()
+        out[str(dt).replace("torch.", "")] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
+    net.float()
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Meta iteration
+# ---------------------------------------------------------------------------------------
+
+#: Recipe config per task for the meta-iteration benchmark (sizes and loss as trained).
+META_RECIPES = {"seg": "tdfusion_msrs_seg.yaml", "det": "tdfusion_msrs_det.yaml", "recon": "refusion_ivif.yaml"}
+
+
+def _meta_batches(cfg: dict, target: str, seed: int) -> tuple[dict, dict, Any]:
+    """A meta-train and a meta-test batch from synthetic scenes, as the trainer builds them."""
+    from .data import build_dataset
+    from .data.views import collate, swap_sources, train_view
+
+    dc = cfg["data"]
+    size = (480, 640) if dc["task_size"] is not None else (max(256, dc["crop_size"]),) * 2
+    ds = build_dataset("synthetic", None, "train", length=64, size=size, target=target)
+    rng = np.random.default_rng(seed)
+
+    def batch(offset):
+        items = [train_view(ds[offset + i], rng, dc["crop_size"], dc["task_size"], dc["hflip"])
+                 for i in range(dc["batch_size"])]
+        out = collate(items)
+        return swap_sources(out) if dc["swap_sources"] else out
+
+    return batch(0), batch(dc["batch_size"]), ds
+
+
+def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: int = 3,
+               methods: tuple[str, ...] = ("jvp",), progress: Callable[[str], None] | None = None
+               ) -> list[dict[str, Any]]:
+    """Time one meta iteration (inner + outer update) and one fusion-phase step of a task.
+
+    Sizes, batch and loss follow the task's shipped recipe (``META_RECIPES``) on synthetic
+    scenes. Methods: ``jvp`` (:func:`tdfusion.metagrad.meta_gradient_jvp`) and ``plain``
+    (the engine's second-order formulation, :func:`tdfusion.engine.meta_gradient`).
+    """
+    from . import engine
+    from .config import load_config
+    from .data.views import to_device
+    from .metagrad import meta_gradient_jvp
+    from .nets import create_model
+    from .train import build_task
+
+    cfg = load_config(REPO / "configs" / META_RECIPES[task_name])
+    target = {"seg": "mask", "det": "boxes"}.get(task_name, "none")
+    train_batch, test_batch, ds = _meta_batches(cfg, target, seed=0)
+    train_batch, test_batch = to_device(train_batch, device), to_device(test_batch, device)
+    torch.manual_seed(0)
+    fusion = create_model(**_arch(cfg["fusion"])).to(device)
+    lossgen = create_model(**_arch(cfg["lossgen"]), pairs=2 if cfg["loss"]["form"] == "refusion" else 1).to(device)
+    task = build_task(cfg["task"], ds)
+    task_net = task.build_network().to(device).train()
+    settings = engine.LossSettings(cfg["loss"]["form"], cfg["loss"]["alpha"], cfg["loss"]["intensity"],
+                                   cfg["loss"]["fixed_weights"])
+    lr = cfg["optim"]["lr_fusion"]
+    args = (fusion, engine.params_of(fusion), lossgen, engine.params_of(lossgen), task, task_net,
+            engine.params_of(task_net), train_batch, test_batch, lr, cfg["optim"]["lr_task"], settings)
+    shape = (f"batch {len(train_batch['stems'])}, crops {cfg['data']['crop_size']}, task input "
+             + ("= crops" if cfg["data"]["task_size"] is None else "x".join(map(str, cfg["data"]["task_size"]))))
+    rows = []
+    for method in methods:
+        if progress:
+            progress(f"meta iteration {task_name} {method}")
+        phases: list[dict[str, float]] = []
+        if method == "jvp":
+            def fn():
+                t: dict[str, float] = {}
+                meta_gradient_jvp(*args, timings=t)
+                phases.append(t)
+        elif method == "plain":
+            def fn():
+                engine.meta_gradient(*args)
+        else:
+            raise ValueError(f"unknown meta method {method!r} (jvp, plain)")
+        with MemoryPeak(device) as mem:
+            times = _timed(fn, device, warmup, repeats)
+        flops = _count_flops(fn)
+        phases = phases[warmup:warmup + repeats]
+        row = {"what": "meta", "task": task_name, "method": method, "shape": shape, **_row(times, flops),
+               "peak_mb": mem.peak_mb, "start_mb": mem.base_mb}
+        if phases:
+            row["phases_s"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+        rows.append(row)
+
+    if progress:
+        progress(f"fusion-phase step {task_name}")
+
+    def fusion_step():  # the trainer's fusion_step without the optimiser updates
+        out = engine.fusion_objective(fusion, engine.params_of(fusion), lossgen, engine.params_of(lossgen),
+                                      train_batch["crop_a"], train_batch["crop_b"], settings, detach_weights=True)
+        out["loss"].backward()
+        with torch.no_grad():
+            fused = fusion(train_batch["a"], train_batch["b"])
+        engine.task_objective(task, task_net, engine.params_of(task_net), fused, train_batch).backward()
+        for net in (fusion, task_net):
+            net.zero_grad(set_to_none=True)
+
+    with MemoryPeak(device) as mem:
+        times = _timed(fusion_step, device, warmup, repeats)
+    rows.append({"what": "fusion_step", "task": task_name, "method": "-", "shape": shape,
+                 **_row(times, _count_flops(fusion_step)), "peak_mb": mem.peak_mb, "start_mb": mem.base_mb})
+    return rows
+
+
+def _arch(section: dict) -> dict:
+    cfg = dict(section)
+    return {"name": cfg.pop("arch"), **cfg}
