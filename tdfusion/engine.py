@@ -25,7 +25,7 @@ Batches are dicts from :mod:`tdfusion.data.views` (``crop_a``/``crop_b`` for L_f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 Params = dict[str, torch.Tensor]
+#: Maps a list of gradients to the list to use instead (e.g. averaged across processes).
+GradReducer = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -99,15 +101,19 @@ def fusion_objective(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor]
 
 def inner_update(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor], lossgen: nn.Module,
                  g_params: Mapping[str, torch.Tensor], batch: Mapping[str, Any], lr: float,
-                 settings: LossSettings) -> tuple[Params, dict[str, torch.Tensor]]:
+                 settings: LossSettings, reduce_grads: GradReducer | None = None) -> tuple[Params, dict[str, torch.Tensor]]:
     """One differentiable SGD step of F on L_f (meta-train crops).
 
     Returns ``(theta_F', losses)``; ``theta_F'`` is a function of ``g_params`` (the graph is
-    kept, ``create_graph=True``), ready for the outer update.
+    kept, ``create_graph=True``), ready for the outer update. ``reduce_grads`` (optional)
+    maps the list of gradients to the list actually stepped with, and must keep them
+    differentiable (data parallelism averages them across processes).
     """
     out = fusion_objective(fusion_net, f_params, lossgen, g_params, batch["crop_a"], batch["crop_b"], settings)
     names = list(trainable(f_params))
     grads = torch.autograd.grad(out["loss"], [f_params[n] for n in names], create_graph=True)
+    if reduce_grads is not None:
+        grads = reduce_grads(list(grads))
     stepped = dict(f_params)
     for n, g in zip(names, grads):
         stepped[n] = f_params[n] - lr * g
@@ -121,7 +127,8 @@ def task_objective(task, task_net: nn.Module, t_params: Mapping[str, torch.Tenso
 
 
 def task_inner_update(task, task_net: nn.Module, t_params: Mapping[str, torch.Tensor], fused: torch.Tensor,
-                      batch: Mapping[str, Any], lr: float) -> tuple[Params, torch.Tensor]:
+                      batch: Mapping[str, Any], lr: float,
+                      reduce_grads: GradReducer | None = None) -> tuple[Params, torch.Tensor]:
     """One ordinary (first-order) SGD step of T: ``theta_T' = theta_T - lr * dL_t/dtheta_T``.
 
     ``fused`` should be detached (the task loss never reaches F here). Returns
@@ -132,6 +139,8 @@ def task_inner_update(task, task_net: nn.Module, t_params: Mapping[str, torch.Te
     if lr == 0.0 or not names:
         return {k: p.detach() for k, p in t_params.items()}, loss.detach()
     grads = torch.autograd.grad(loss, [t_params[n] for n in names], allow_unused=True)
+    if reduce_grads is not None:  # unused parameters count as zero so every caller reduces one layout
+        grads = reduce_grads([g if g is not None else torch.zeros_like(t_params[n]) for n, g in zip(names, grads)])
     stepped = {k: p.detach() for k, p in t_params.items()}
     for n, g in zip(names, grads):
         if g is not None:
@@ -150,19 +159,27 @@ def meta_gradient(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor], l
                   g_params: Mapping[str, torch.Tensor], task, task_net: nn.Module,
                   t_params: Mapping[str, torch.Tensor], train_batch: Mapping[str, Any],
                   test_batch: Mapping[str, Any], inner_lr: float, task_inner_lr: float,
-                  settings: LossSettings) -> tuple[Params, dict[str, float]]:
+                  settings: LossSettings, reduce_grads: GradReducer | None = None) -> tuple[Params, dict[str, float]]:
     """d L_t(T'(F'(meta-test))) / d theta_G for one meta iteration (inner + outer update).
 
     Returns ``(gradients by G parameter name, scalar logs)``. Nothing is mutated.
+    ``reduce_grads`` (optional, differentiable) is applied to the inner-step gradients of
+    F and T and to the returned meta-gradient: with an average across data-parallel
+    processes, every process gets the meta-gradient of the global batch.
     """
-    f_stepped, inner = inner_update(fusion_net, f_params, lossgen, g_params, train_batch, inner_lr, settings)
+    f_stepped, inner = inner_update(fusion_net, f_params, lossgen, g_params, train_batch, inner_lr, settings,
+                                    reduce_grads)
     with torch.no_grad():
         fused_train = functional_call(fusion_net, dict(f_params), (train_batch["a"], train_batch["b"]))
-    t_stepped, task_train_loss = task_inner_update(task, task_net, t_params, fused_train, train_batch, task_inner_lr)
+    t_stepped, task_train_loss = task_inner_update(task, task_net, t_params, fused_train, train_batch, task_inner_lr,
+                                                   reduce_grads)
     outer = meta_objective(fusion_net, f_stepped, task, task_net, t_stepped, test_batch)
     names = list(trainable(g_params))
     grads = torch.autograd.grad(outer, [g_params[n] for n in names], allow_unused=True)
-    grads_by_name = {n: (g if g is not None else torch.zeros_like(g_params[n])) for n, g in zip(names, grads)}
+    grads = [g if g is not None else torch.zeros_like(g_params[n]) for n, g in zip(names, grads)]
+    if reduce_grads is not None:
+        grads = reduce_grads(grads)
+    grads_by_name = dict(zip(names, grads))
     logs = {"loss_f": inner["loss"].item(), "loss_int": inner["int"].item(), "loss_grad": inner["grad"].item(),
             "loss_t_inner": float(task_train_loss), "loss_t_outer": float(outer.detach())}
     return grads_by_name, logs

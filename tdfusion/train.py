@@ -14,13 +14,26 @@ A run folder holds::
 Every random choice (meta-train/meta-test split, batch order, crops, flips) is a pure
 function of ``(seed, epoch, phase, step)``, and checkpoints store the position and the
 torch RNG state, so ``--resume`` continues exactly where the run stopped.
+
+Under ``torchrun`` (see :mod:`tdfusion.distributed` and ``docs/distributed.md``) every
+process draws the same global batch of ``batch_size * world_size`` samples and keeps its
+own slice; gradients (and the meta phase's inner-step gradients) are averaged across
+processes, logged values are averaged, and only rank 0 writes files or prints.
+
+Faults (``docs/robustness.md``): checkpoints are written atomically; SIGINT/SIGTERM make
+every process finish its step, save ``last.pt`` and exit; a non-finite loss stops the
+run naming the step and the batch, leaving the last good checkpoint in place.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import random
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,7 +43,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from . import engine
+from . import distributed, engine
 from .checkpoint import load_checkpoint, module_record, save_checkpoint
 from .data import build_dataset, collate, eval_view, swap_sources, to_device, train_view
 from .data.base import PairDataset
@@ -39,10 +52,10 @@ from .errors import TDFusionError
 from .io import atomic_write
 from .losses import FUSION_LOSSES
 from .nets import create_model
-from .optim import apply_meta_gradient, make_optimizer, make_scheduler
+from .optim import G_UPDATE_RULES, apply_meta_gradient, make_optimizer, make_scheduler
 from .progress import progress_bar
 
-__all__ = ["MetaTrainer", "build_task", "evaluate_task", "train"]
+__all__ = ["MetaTrainer", "build_task", "check_values", "evaluate_task", "set_determinism", "train"]
 
 _PHASES = ("meta", "fusion")
 
@@ -114,13 +127,20 @@ class MetaTrainer:
     """Owns the networks, optimisers and data of one run; :meth:`fit` runs it."""
 
     def __init__(self, cfg: dict, run_dir: str | Path, resume_from: str | Path | None = None):
+        check_values(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         tc, dc = cfg["train"], cfg["data"]
+        self.world = distributed.world_size()
+        self.is_main = distributed.is_main()
         self.device = resolve_device(tc["device"])
-        if tc["deterministic"]:
-            torch.use_deterministic_algorithms(True)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK (distributed.setup)
+        set_determinism(bool(tc["deterministic"]), self.device)
         torch.manual_seed(tc["seed"])
+        # Third-party code (ultralytics' loss, transformers) may draw from these.
+        random.seed(tc["seed"])
+        np.random.seed(tc["seed"] % 2**32)
 
         ds_cfg = cfg["dataset"]
         options = dict(ds_cfg.get("options") or {})
@@ -145,7 +165,10 @@ class MetaTrainer:
         g_cfg = dict(cfg["lossgen"])
         g_cfg["pairs"] = FUSION_LOSSES[lc["form"]][1]
         self.lossgen = self._build_net(g_cfg)
-        self.task_net = self.task.build_network().to(self.device)
+        try:
+            self.task_net = self.task.build_network().to(self.device)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TDFusionError(f"task {self.task.name!r}: cannot build its network ({exc})") from None
 
         oc = cfg["optim"]
         self.opt_f = make_optimizer(self.fusion.parameters(), oc["lr_fusion"])
@@ -157,11 +180,16 @@ class MetaTrainer:
         self.views = _Views(self.train_set, dc["crop_size"], dc["task_size"], dc["hflip"])
         self.pos = Position()
         self.meta_steps = 0 if self.settings.fixed else int(tc["meta_steps"])
-        n_batches = math.ceil(len(self.train_set) / dc["batch_size"])
+        n_batches = math.ceil(len(self.train_set) / (dc["batch_size"] * self.world))
         self.fusion_steps = int(tc["fusion_steps"]) if tc["fusion_steps"] is not None else n_batches
         self._stop_requested = False
+        self._stop_agreed = False
+        self._saves = 0
         if resume_from is not None:
             self._restore(resume_from)
+        # Every process starts from rank 0's weights, whatever its seed or restore did.
+        for net in (self.fusion, self.lossgen, self.task_net):
+            distributed.broadcast_module_(net)
 
     # -- construction helpers -----------------------------------------------------
     def _optional_split(self, ds_cfg: dict, options: dict) -> PairDataset | None:
@@ -178,7 +206,7 @@ class MetaTrainer:
         arch = net_cfg.pop("arch")
         try:
             return create_model(arch, **net_cfg).to(self.device)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise TDFusionError(f"cannot build {arch!r}: {exc}") from None
 
     # -- data ------------------------------------------------------------------------
@@ -190,8 +218,22 @@ class MetaTrainer:
                           pin_memory=self.device.type == "cuda", generator=torch.Generator())
 
     def _phase_keys(self, phase: str, epoch: int, steps: int, start: int) -> list[list[tuple[int, int]]] | tuple:
-        """Batches of ``(index, seed)`` for steps ``start..steps-1`` of a phase."""
-        seed, bs, n = self.cfg["train"]["seed"], self.cfg["data"]["batch_size"], len(self.train_set)
+        """This process's batches of ``(index, seed)`` for steps ``start..steps-1`` of a phase.
+
+        Each step draws a global batch of ``batch_size * world_size`` keys (the same on every
+        process, and the same a single process with that batch size would draw); this
+        process keeps its contiguous slice.
+        """
+        keys = self._global_phase_keys(phase, epoch, steps, start)
+        if self.world == 1:
+            return keys
+        if phase == "fusion":
+            return [distributed.shard(batch) for batch in keys]
+        return tuple([distributed.shard(batch) for batch in part] for part in keys)
+
+    def _global_phase_keys(self, phase: str, epoch: int, steps: int, start: int):
+        seed, n = self.cfg["train"]["seed"], len(self.train_set)
+        bs = self.cfg["data"]["batch_size"] * self.world
         perm = np.random.default_rng([seed, epoch, _PHASES.index(phase)]).permutation(n)
         if phase == "fusion":
             return [[(int(perm[(s * bs + j) % n]), _seed_of(seed, epoch, 1, s, j)) for j in range(bs)]
@@ -218,7 +260,8 @@ class MetaTrainer:
         g_params = engine.params_of(self.lossgen)
         grads, logs = engine.meta_gradient(
             self.fusion, engine.params_of(self.fusion), self.lossgen, g_params, self.task, self.task_net,
-            engine.params_of(self.task_net), train_batch, test_batch, inner_lr, task_lr, self.settings)
+            engine.params_of(self.task_net), train_batch, test_batch, inner_lr, task_lr, self.settings,
+            reduce_grads=distributed.mean_tensors if self.world > 1 else None)
         logs["meta_grad_scale"] = apply_meta_gradient(self.opt_g, g_params, grads, mc["g_update"])
         return logs
 
@@ -228,15 +271,21 @@ class MetaTrainer:
                                       self.settings, detach_weights=True)
         self.opt_f.zero_grad(set_to_none=True)
         out["loss"].backward()
+        distributed.average_gradients(self.fusion.parameters())
         self.opt_f.step()
         with torch.no_grad():
             fused = self.fusion(batch["a"], batch["b"])
         loss_t = engine.task_objective(self.task, self.task_net, engine.params_of(self.task_net), fused, batch)
         self.opt_t.zero_grad(set_to_none=True)
         loss_t.backward()
+        distributed.average_gradients(self.task_net.parameters())
         self.opt_t.step()
-        return {"loss_f": float(out["loss"]), "loss_int": float(out["int"]), "loss_grad": float(out["grad"]),
-                "loss_t": float(loss_t)}
+        # BatchNorm statistics: each process normalises with its own batch (as DDP does);
+        # the running statistics follow rank 0's (DDP's broadcast_buffers), so every
+        # process holds the same T and a checkpoint is the same whichever rank wrote it.
+        distributed.broadcast_module_(self.task_net, buffers_only=True)
+        return {"loss_f": float(out["loss"].detach()), "loss_int": float(out["int"].detach()),
+                "loss_grad": float(out["grad"].detach()), "loss_t": float(loss_t.detach())}
 
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint(self, with_state: bool = True) -> dict:
@@ -255,28 +304,46 @@ class MetaTrainer:
                 "schedulers": [s.state_dict() for s in self.schedulers],
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "world_size": self.world,
             }
         return ckpt
 
     def save(self, kind: str = "step") -> Path:
-        ckpt = self.checkpoint(with_state=kind != "epoch")
+        """Write a checkpoint (rank 0 only; every process may call it)."""
         if kind == "epoch":
             path = self.run_dir / f"epoch_{self.pos.epoch:03d}.pt"
-            save_checkpoint(ckpt, path)
+            if self.is_main:
+                self._write(self.checkpoint(with_state=False), path)
             return path
-        save_checkpoint(ckpt, self.run_dir / "last.pt")
+        if not self.is_main:
+            return self.run_dir / "last.pt"
+        ckpt = self.checkpoint()
+        self._write(ckpt, self.run_dir / "last.pt")
         if kind == "step":
-            save_checkpoint(ckpt, self.run_dir / f"step_{self.pos.global_step:07d}.pt")
+            self._write(ckpt, self.run_dir / f"step_{self.pos.global_step:07d}.pt")
             for old in sorted(self.run_dir.glob("step_*.pt"))[:-max(1, self.cfg["run"]["keep"])]:
                 old.unlink(missing_ok=True)
         return self.run_dir / "last.pt"
+
+    def _write(self, ckpt: dict, path: Path) -> None:
+        self._saves += 1
+        if _fault("kill_during_save") == self._saves:
+            _die_while_writing(ckpt, path)
+        save_checkpoint(ckpt, path)
 
     def _restore(self, path: str | Path) -> None:
         ckpt = load_checkpoint(path, map_location="cpu")
         state = ckpt.get("train_state")
         if state is None:
             raise TDFusionError(f"{path}: holds weights only (no training state); resume from last.pt or step_*.pt")
-        task_name = ckpt.get("task", {}).get("name")
+        for record in ("fusion", "lossgen", "task"):
+            if not isinstance(ckpt.get(record), dict) or "state_dict" not in ckpt[record]:
+                raise TDFusionError(f"{path}: the checkpoint has no {record} weights; it cannot be resumed")
+        missing = [f for f in ("position", "optimizers", "schedulers", "torch_rng")
+                   if not isinstance(state, dict) or f not in state]
+        if missing:
+            raise TDFusionError(f"{path}: incomplete training state (missing {', '.join(missing)})")
+        task_name = ckpt["task"].get("name")
         if task_name != self.task.name:
             raise TDFusionError(f"{path}: checkpoint of task {task_name!r}, this run is {self.task.name!r}")
         try:
@@ -287,13 +354,20 @@ class MetaTrainer:
                 opt.load_state_dict(sd)
             for sch, sd in zip(self.schedulers, state["schedulers"]):
                 sch.load_state_dict(sd)
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise TDFusionError(f"{path}: does not match this run's configuration ({str(exc).splitlines()[0]})") from None
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.pos = Position(**state["position"])
-        self._truncate_logs()
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            self.pos = Position(**state["position"])
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TDFusionError(f"{path}: does not match this run's configuration ({reason})") from None
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world and self.is_main:
+            print(f"note: {path} was written by a run on {saved_world} process(es), this one has {self.world}: "
+                  f"the global batch changes from {self.cfg['data']['batch_size'] * saved_world} to "
+                  f"{self.cfg['data']['batch_size'] * self.world} pairs")
+        if self.is_main:
+            self._truncate_logs()
 
     def _truncate_logs(self) -> None:
         """Drop log lines written after the checkpoint we resume from."""
@@ -314,6 +388,8 @@ class MetaTrainer:
 
     # -- logging, samples, evaluation ----------------------------------------------
     def _log(self, name: str, record: dict) -> None:
+        if not self.is_main:
+            return
         with open(self.run_dir / name, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
@@ -368,14 +444,21 @@ class MetaTrainer:
 
     def _check_finite(self, logs: dict[str, float], stems: list[str]) -> None:
         bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
+        if bad:  # the logs are averaged, so every process takes this branch together
+            stems = [s for part in distributed.gather_objects(list(stems)) for s in part]
+            stems = list(dict.fromkeys(stems))  # swapped pairs repeat their stems
             last = self.run_dir / "last.pt"
             keep = f"; the last good checkpoint is {last}" if last.exists() else ""
             raise TDFusionError(
                 f"non-finite {', '.join(bad)} at epoch {self.pos.epoch + 1}, {self.pos.phase} step "
                 f"{self.pos.step + 1} (global step {self.pos.global_step + 1}), batch {', '.join(stems)}{keep}")
 
-    def _after_step(self, logs: dict, stems: list[str]) -> None:
+    def _after_step(self, logs: dict, stems: list[str]) -> dict:
+        if self.world > 1:
+            # One collective per step: the averaged logs and whether any process was asked to stop.
+            reduced = distributed.reduce_metrics({**logs, "_stop": float(self._stop_requested)})
+            self._stop_agreed = reduced.pop("_stop") > 0
+            logs = reduced
         self._check_finite(logs, stems)
         self.pos.step += 1
         self.pos.global_step += 1
@@ -384,6 +467,11 @@ class MetaTrainer:
         self._log("train_log.jsonl", record)
         if self.pos.global_step % self.cfg["run"]["save_every"] == 0:
             self.save("step")
+        return logs
+
+    def _should_stop(self) -> bool:
+        # Processes must stop after the same step: they act on the flag agreed in _after_step.
+        return self._stop_requested if self.world == 1 else self._stop_agreed
 
     def _run_phase(self, phase: str, steps: int) -> bool:
         """Run the remaining steps of a phase; False if a stop was requested."""
@@ -391,37 +479,42 @@ class MetaTrainer:
         label = f"epoch {self.pos.epoch + 1}/{epochs} {'learning G' if phase == 'meta' else 'learning F, T'}"
         keys = self._phase_keys(phase, self.pos.epoch, steps, self.pos.step)
         running: dict[str, float] = {}
-        with progress_bar(steps, label, enabled=steps > 0) as advance:
+        with progress_bar(steps, label, enabled=steps > 0 and self.is_main) as advance:
             advance(self.pos.step)
             if phase == "meta":
-                iterator = zip(self._loader(keys[0]), self._loader(keys[1])) if keys[0] else iter(())
+                iterator = zip(_batches(self._loader(keys[0])), _batches(self._loader(keys[1]))) if keys[0] else iter(())
             else:
-                iterator = ((b, None) for b in self._loader(keys)) if keys else iter(())
+                iterator = ((b, None) for b in _batches(self._loader(keys))) if keys else iter(())
             for first, second in iterator:
-                if self._stop_requested:
+                if self._should_stop():
                     return False
                 if phase == "meta":
                     logs = self.meta_step(self._prepare(first), self._prepare(second))
                 else:
                     logs = self.fusion_step(self._prepare(first))
-                self._after_step(logs, first["stems"])
+                logs = self._after_step(logs, first["stems"])
                 for k, v in logs.items():
                     running[k] = 0.9 * running.get(k, v) + 0.1 * v
                 shown = ("loss_f", "loss_t_outer") if phase == "meta" else ("loss_f", "loss_t")
                 advance(1, **{k: running[k] for k in shown if k in running})
-        return not self._stop_requested
+        return not self._should_stop()
 
     def fit(self) -> dict[str, Any]:
         """Train to ``train.epochs``; returns the summary (also written to summary.json)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "samples").mkdir(exist_ok=True)
-        with atomic_write(self.run_dir / "config.yaml", "w") as fh:
-            yaml.safe_dump(self.cfg, fh, sort_keys=False)
-        previous = signal.signal(signal.SIGINT, self.request_stop)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+            for stale in self.run_dir.glob(".*.tmp"):  # left by a kill during a write
+                stale.unlink(missing_ok=True)
+            with atomic_write(self.run_dir / "config.yaml", "w") as fh:
+                yaml.safe_dump(self.cfg, fh, sort_keys=False)
+        # SIGTERM too: schedulers (SLURM, Kubernetes) send it before killing a job.
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._fit()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _fit(self) -> dict[str, Any]:
         epochs = self.cfg["train"]["epochs"]
@@ -433,16 +526,22 @@ class MetaTrainer:
                 self.pos.phase = phase
                 if not self._run_phase(phase, steps):
                     path = self.save("interrupt")
-                    print(f"stopped at epoch {self.pos.epoch + 1}, {phase} step {self.pos.step}; "
-                          f"resume with --resume {path}")
+                    if self.is_main:
+                        print(f"stopped at epoch {self.pos.epoch + 1}, {phase} step {self.pos.step}; "
+                              f"resume with --resume {path}")
                     raise KeyboardInterrupt
                 self.pos.step = 0
-            for sch in self.schedulers:
-                sch.step()
+            with warnings.catch_warnings():
+                # G's optimiser never steps in the fixed-weight ablation (and a resumed
+                # optimiser looks fresh to the scheduler's check): the warning is spurious.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                for sch in self.schedulers:
+                    sch.step()
             self.pos.epoch += 1
             self.pos.phase = "meta"
-            self.render_samples(self.run_dir / "samples" / f"epoch_{self.pos.epoch:03d}.png")
-            if eval_every and self.pos.epoch % eval_every == 0:
+            if self.is_main:
+                self.render_samples(self.run_dir / "samples" / f"epoch_{self.pos.epoch:03d}.png")
+            if eval_every and self.pos.epoch % eval_every == 0 and self.is_main:
                 metrics = self.evaluate()
                 if metrics is not None:
                     self._log("eval_log.jsonl", {"epoch": self.pos.epoch, **_jsonable(metrics)})
@@ -453,6 +552,8 @@ class MetaTrainer:
     def _summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = {"run": str(self.run_dir), "epochs": self.pos.epoch,
                                    "global_steps": self.pos.global_step}
+        if not self.is_main:
+            return summary
         log = self.run_dir / "train_log.jsonl"
         if log.exists():
             records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -469,6 +570,103 @@ class MetaTrainer:
         with atomic_write(self.run_dir / "summary.json", "w") as fh:
             json.dump(summary, fh, indent=2)
         return summary
+
+
+#: (key, smallest allowed value) of the whole-number settings; None where null is allowed.
+_MINIMUM = {"data.batch_size": 1, "data.crop_size": 8, "data.num_workers": 0, "train.epochs": 1,
+            "train.meta_steps": 0, "train.fusion_steps": 1, "train.seed": 0, "run.save_every": 1, "run.keep": 1,
+            "run.samples": 0, "run.eval_every": 0, "run.eval_limit": 1, "optim.step_size": 1}
+_NULLABLE = {"train.fusion_steps", "run.eval_limit"}
+_CHOICES = {"loss.intensity": ("paper", "reference"), "meta.g_update": G_UPDATE_RULES,
+            "optim.schedule": ("step", "cosine", "none")}
+
+
+def check_values(cfg: dict) -> None:
+    """Ranges and choices of the run config, checked before anything is built, so a bad
+    value is one clear error instead of a failure deep inside a library."""
+    def get(key: str):
+        section, name = key.split(".")
+        return cfg[section][name]
+
+    for key, low in _MINIMUM.items():
+        value = get(key)
+        if value is None and key in _NULLABLE:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise TDFusionError(f"config key {key!r}: expected a whole number >= {low}, got {value!r}")
+    for key, choices in _CHOICES.items():
+        if get(key) not in choices:
+            raise TDFusionError(f"config key {key!r}: {get(key)!r} is not one of {', '.join(choices)}")
+    for key in ("optim.lr_fusion", "optim.lr_task", "optim.lr_lossgen", "optim.gamma", "meta.inner_lr",
+                "meta.task_inner_lr"):
+        value = get(key)
+        if value is None and key.startswith("meta."):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise TDFusionError(f"config key {key!r}: expected a number >= 0, got {value!r}")
+    for key in ("task.name", "dataset.name", "dataset.train_split", "fusion.arch", "lossgen.arch"):
+        if not isinstance(get(key), str) or not get(key):
+            raise TDFusionError(f"config key {key!r}: expected a name, got {get(key)!r}")
+    if not isinstance(cfg["dataset"].get("options") or {}, dict):
+        raise TDFusionError(f"config key 'dataset.options': expected a mapping, got {cfg['dataset']['options']!r}")
+    size = get("data.task_size")
+    if size is not None and not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in size)):
+        raise TDFusionError(f"config key 'data.task_size': expected null or [height, width] (whole numbers >= 8), "
+                            f"got {size!r}")
+
+
+def _batches(loader: DataLoader) -> Iterator[dict]:
+    """Iterate a loader; a data error raised in a worker process comes back as the one-line
+    message it was raised with (the DataLoader re-raises it wrapped in the worker's traceback)."""
+    try:
+        yield from loader
+    except TDFusionError as exc:
+        lines = str(exc).strip().splitlines()
+        marker = "TDFusionError: "
+        if len(lines) > 1 and marker in lines[-1]:
+            raise TDFusionError(lines[-1].split(marker, 1)[1]) from None
+        raise
+
+
+def set_determinism(enabled: bool, device: torch.device) -> None:
+    """``train.deterministic``: deterministic kernels (bit-identical CPU runs for a seed).
+
+    On CUDA, ops that have no deterministic kernel warn instead of failing the run (see
+    ``docs/distributed.md``, "Determinism"); cuBLAS needs its workspace pinned, which must
+    happen before its first use, hence the environment variable.
+    """
+    if not enabled:
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+
+
+# -- fault injection for the tests (docs/robustness.md) ------------------------------------
+_FAULT_ENV = "TDFUSION_FAULT"
+
+
+def _fault(name: str) -> int | None:
+    """``TDFUSION_FAULT=name:N`` -> N for ``name``; None when not set (the normal case)."""
+    spec = os.environ.get(_FAULT_ENV, "")
+    key, _, value = spec.partition(":")
+    return int(value) if key == name and value.isdigit() else None
+
+
+def _die_while_writing(ckpt: dict, path: Path) -> None:
+    """Simulate a SIGKILL halfway through a checkpoint write: half the bytes reach the
+    temporary file, then the process dies before the rename (no cleanup can run)."""
+    buffer = io.BytesIO()
+    torch.save({"format": "tdfusion", **ckpt}, buffer)
+    data = buffer.getvalue()
+    with atomic_write(path) as fh:
+        fh.write(data[:len(data) // 2])
+        fh.flush()
+        os.fsync(fh.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _jsonable(obj: Any) -> Any:

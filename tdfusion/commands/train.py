@@ -13,10 +13,14 @@ examples:
   tdfusion train --task seg --dataset msrs --data-root /data/MSRS
   tdfusion train --config configs/refusion_mif.yaml train.epochs=10 train.device=cuda
   tdfusion train --resume runs/synthetic_recon                     # continue a killed run
+  torchrun --nproc_per_node 4 train_fusion.py --config configs/tdfusion_msrs_seg.yaml   # 4 GPUs
 
 Configuration: configs/base.yaml lists every key with its default; a recipe config
 inherits it. --dataset/--task pick the shipped recipe for that pair (configs/*.yaml with
 `recipe: {dataset, task}`); KEY=VALUE arguments override any key (values are YAML).
+
+Several GPUs or machines: launch with torchrun (docs/distributed.md); data.batch_size is
+per process. Ctrl-C (or SIGTERM) saves last.pt and exits; --resume continues from it.
 """
 
 
@@ -39,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", metavar="DEV", help="cuda, cuda:1, cpu (train.device; default: cuda when available)")
     p.add_argument("--epochs", type=int, metavar="N", help="number of epochs (train.epochs)")
     p.add_argument("--task-weights", metavar="PATH", help="local weights for the task network (task.weights)")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic kernels: bit-identical CPU runs for a seed (train.deterministic)")
     p.add_argument("--resume", nargs="?", const="", metavar="PATH",
                    help="continue a run: a run folder or checkpoint (default: last.pt of --out)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.meta_steps=50")
@@ -52,11 +58,16 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, Path | None]:
         resume_ckpt = _resume_path(args)
     if args.config:
         cfg = load_config(args.config)
+        try:
+            validate(cfg, schema)
+        except TDFusionError as exc:  # name the file; errors of the overrides below name the override
+            raise TDFusionError(f"{args.config}: {exc}") from None
     elif resume_ckpt is not None:
         from ..checkpoint import load_checkpoint
 
-        cfg = load_checkpoint(resume_ckpt).get("extra", {}).get("config")
-        if not cfg:
+        extra = load_checkpoint(resume_ckpt).get("extra")
+        cfg = extra.get("config") if isinstance(extra, dict) else None
+        if not isinstance(cfg, dict) or not cfg:
             raise TDFusionError(f"{resume_ckpt}: holds no run config; pass --config")
     elif args.dataset:
         recipe = find_recipe(args.dataset, args.task)
@@ -64,8 +75,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, Path | None]:
     else:
         cfg = load_config(None)
     for flag, key in (("task", "task.name"), ("data_root", "dataset.root"), ("out", "run.out"),
-                      ("device", "train.device"), ("epochs", "train.epochs"), ("task_weights", "task.weights")):
-        value = getattr(args, flag)
+                      ("device", "train.device"), ("epochs", "train.epochs"), ("task_weights", "task.weights"),
+                      ("deterministic", "train.deterministic")):
+        value = getattr(args, flag, None)  # callers such as eval build a Namespace without every flag
         if value is not None:
             set_key(cfg, key, value)
     if args.dataset and not args.config and resume_ckpt is None and not find_recipe(args.dataset, args.task):
@@ -91,9 +103,9 @@ def _resume_path(args: argparse.Namespace) -> Path:
     return path
 
 
-def run_dir_for(cfg: dict, resume_ckpt: Path | None) -> Path:
-    if resume_ckpt is not None:
-        return resume_ckpt.parent if cfg["run"]["out"] is None else Path(cfg["run"]["out"])
+def run_dir_for(cfg: dict, resume_ckpt: Path | None, out: str | None = None) -> Path:
+    if resume_ckpt is not None:  # continue in the checkpoint's folder unless --out says otherwise
+        return Path(out) if out else resume_ckpt.parent
     if cfg["run"]["out"]:
         base = Path(cfg["run"]["out"])
     else:
@@ -108,13 +120,22 @@ def run_dir_for(cfg: dict, resume_ckpt: Path | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
     from ..train import train
 
     cfg, resume_ckpt = resolve_config(args)
-    run_dir = run_dir_for(cfg, resume_ckpt)
-    print(f"run folder: {run_dir}" + (f" (resuming from {resume_ckpt})" if resume_ckpt else ""))
-    summary = train(cfg, run_dir, resume_ckpt)
-    _print_summary(summary)
+    topology, _ = distributed.setup(cfg["train"]["device"])  # joins torchrun's process group, if any
+    try:
+        # Rank 0 picks the folder (it alone writes there); the others follow it.
+        run_dir = distributed.broadcast_object(run_dir_for(cfg, resume_ckpt) if topology.rank == 0 else None)
+        if topology.rank == 0:
+            where = f" on {topology.world_size} processes" if topology.distributed else ""
+            print(f"run folder: {run_dir}{where}" + (f" (resuming from {resume_ckpt})" if resume_ckpt else ""))
+        summary = train(cfg, run_dir, resume_ckpt)
+        if topology.rank == 0:
+            _print_summary(summary)
+    finally:
+        distributed.teardown()
     return 0
 
 
