@@ -122,7 +122,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                 "fusion": {"arch": "fusion", "config": config, "state_dict": sd},
                 "extra": {"origin": "published ReFusion checkpoint"}}
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        if obj.get("version", 0) > VERSION:
+        version = obj.get("version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise TDFusionError(f"{path}: checkpoint version {version!r} is not a whole number")
+        if version > VERSION:
             raise TDFusionError(f"{path}: checkpoint version {obj['version']} is newer than this "
                                 f"toolkit understands ({VERSION}); upgrade tdfusion")
         return dict(obj)
@@ -130,6 +133,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def _build(record: Mapping, what: str, path: str) -> nn.Module:
+    if not isinstance(record, Mapping):
+        raise TDFusionError(f"{path}: the {what} record is a {type(record).__name__}, not a mapping")
     for field in ("arch", "config", "state_dict"):
         if field not in record:
             raise TDFusionError(f"{path}: the {what} record has no {field!r} field")
@@ -137,6 +142,8 @@ def _build(record: Mapping, what: str, path: str) -> nn.Module:
         net = create_model(record["arch"], **record["config"])
     except (TypeError, ValueError) as exc:
         raise TDFusionError(f"{path}: cannot build the {what} network ({exc})") from None
+    if not isinstance(record["state_dict"], Mapping):
+        raise TDFusionError(f"{path}: the {what} weights are a {type(record['state_dict']).__name__}, not a mapping")
     try:
         net.load_state_dict(record["state_dict"])
     except RuntimeError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -69,6 +70,8 @@ def load_config(path: str | os.PathLike | None = None, _seen: tuple = ()) -> dic
     parent = data.pop("_base_", None)
     if parent is None:
         return data
+    if not isinstance(parent, str) or not parent:
+        raise TDFusionError(f"{path}: _base_ must name a config file, got {parent!r}")
     return _merge(load_config(path.parent / parent, _seen + (path,)), data)
 
 
@@ -88,7 +91,11 @@ def _unknown(key: str, schema: dict) -> TDFusionError:
 
 
 def validate(cfg: dict, schema: dict, prefix: str = "") -> None:
-    """Every key of ``cfg`` must exist in ``schema`` (outside the open sections)."""
+    """Every key of ``cfg`` must exist in ``schema`` (outside the open sections), and a key
+    whose default is a number or a boolean must hold one.
+
+    YAML reads ``1e-4`` (no dot) as text; such values of numeric keys are converted in place.
+    """
     for k, v in cfg.items():
         key = f"{prefix}{k}"
         if key in _OPEN_SECTIONS:
@@ -97,6 +104,26 @@ def validate(cfg: dict, schema: dict, prefix: str = "") -> None:
             raise _unknown(key, _schema_root(schema, prefix))
         if isinstance(v, dict) and isinstance(schema[k], dict):
             validate(v, schema[k], key + ".")
+        elif isinstance(schema[k], bool):
+            if not isinstance(v, bool):
+                raise TDFusionError(f"config key {key!r}: expected true or false, got {v!r}")
+        elif isinstance(schema[k], (int, float)):
+            cfg[k] = _number(key, v, schema[k])
+
+
+def _number(key: str, value: Any, default: int | float) -> int | float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise TDFusionError(f"config key {key!r}: expected a finite number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TDFusionError(f"config key {key!r}: expected a finite number, got {value!r}")
+    if isinstance(default, int):
+        if value != int(value):
+            raise TDFusionError(f"config key {key!r}: expected a whole number, got {value!r}")
+        return int(value)
+    return float(value)
 
 
 def _schema_root(schema: dict, prefix: str) -> dict:

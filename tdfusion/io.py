@@ -119,7 +119,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
-    """Open a temporary file next to ``path``; on success fsync and rename it into place.
+    """Open a temporary file next to ``path``; on success fsync it, rename it into place
+    and fsync the folder (so the rename survives a power cut).
 
     On any exception (Ctrl-C included) the temporary file is removed and ``path`` is
     left as it was.
@@ -133,10 +134,26 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself lives in the folder's entry table: without this, a power cut
+    # right after a "successful" write can bring back the previous file.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders; rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_image(path: str | os.PathLike, pixels: np.ndarray) -> None:

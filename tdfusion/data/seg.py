@@ -19,6 +19,7 @@ one-line :class:`~tdfusion.errors.TDFusionError` that names the offending file.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,7 +62,10 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
         with PILImage.open(path) as im:
             mode = im.mode
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    # Pillow's decoders report damaged data as SyntaxError ("broken PNG file"), EOFError or
+    # struct.error besides OSError.
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error,
+            PILImage.DecompressionBombError) as exc:
         raise TDFusionError(f"{path}: not a readable label image ({exc})") from None
     if arr.ndim == 3:
         if arr.shape[2] == 4:
