@@ -394,31 +394,82 @@ class MetaTrainer:
             fh.write(json.dumps(record) + "\n")
 
     @torch.no_grad()
-    def render_samples(self, path: Path) -> None:
-        """Grid: one row per pair: A | B | fused | w_a (| v_a) as a colour map."""
-        import cv2
-
-        from .io import write_image
-
+    def sample_panels(self) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
+        """``[(stem, [(label, (H, W) in [0, 1]), ...])]`` for the first ``run.samples`` training
+        pairs: A, B, the fused image and G's weight maps (w_a, and v_a for the ReFusion form)."""
         count = min(self.cfg["run"]["samples"], len(self.train_set))
-        if count <= 0:
-            return
         size = self.cfg["data"]["task_size"]
-        rows = []
+        out = []
         self.fusion.eval(), self.lossgen.eval()
-        for i in range(count):
-            view = eval_view(self.train_set[i], size)
+        for i in range(max(0, count)):
+            sample = self.train_set[i]
+            view = eval_view(sample, size)
             a, b = view["a"][None].to(self.device), view["b"][None].to(self.device)
             fused = self.fusion(a, b)
             weights = (engine.fixed_weights(a, self.lossgen.pairs) if self.settings.fixed
                        else self.lossgen(a, b))
-            tiles = [t[0, 0].cpu().numpy() for t in (a, b, fused)]
-            grey = [np.repeat((np.clip(t, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, 2) for t in tiles]
-            maps = [cv2.applyColorMap((weights[0, c].cpu().numpy() * 255).round().astype(np.uint8),
-                                      cv2.COLORMAP_VIRIDIS)[..., ::-1] for c in range(0, weights.shape[1], 2)]
-            rows.append(np.concatenate(grey + maps, axis=1))
+            panels = [(label, t[0, 0].float().cpu().numpy()) for label, t in (("A", a), ("B", b), ("fused", fused))]
+            panels += [(name, weights[0, c].float().cpu().numpy())
+                       for name, c in (("w_a", 0), ("v_a", 2)) if c < weights.shape[1]]
+            out.append((sample.stem, panels))
         self.fusion.train(), self.lossgen.train()
-        write_image(path, np.ascontiguousarray(np.concatenate(rows, axis=0)))
+        return out
+
+    def render_samples(self, epoch: int) -> None:
+        """``samples/epoch_<e>.png`` (one row per pair: A | B | fused | w_a (| v_a), the maps
+        in viridis) and ``report/``: the same pairs as a ``tdfusion report`` page with their
+        fusion metrics, the losses and the task metrics of the epoch."""
+        import cv2
+
+        from .io import write_image
+
+        samples = self.sample_panels()
+        if not samples:
+            return
+
+        def tile(label: str, x: np.ndarray) -> np.ndarray:
+            u8 = (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+            if label.startswith(("w_", "v_")):
+                return np.ascontiguousarray(cv2.applyColorMap(u8, cv2.COLORMAP_VIRIDIS)[..., ::-1])
+            return np.repeat(u8[..., None], 3, 2)
+
+        tiles = [(stem, [(lbl, tile(lbl, x)) for lbl, x in panels]) for stem, panels in samples]
+        grid = np.concatenate([np.concatenate([t for _, t in row], 1) for _, row in tiles], 0)
+        write_image(self.run_dir / "samples" / f"epoch_{epoch:03d}.png", np.ascontiguousarray(grid))
+        self._write_report(samples, tiles, epoch)
+
+    def _write_report(self, samples, tiles, epoch: int) -> None:
+        from .metrics import evaluate as fusion_metrics
+        from .report import ReportEntry, write_report
+
+        entries, per_image = [], {}
+        for (stem, panels), (_, shown) in zip(samples, tiles):
+            imgs = {label: x for label, x in panels}
+            try:
+                values = fusion_metrics(*(np.clip(imgs[k], 0, 1).astype(np.float64) * 255 for k in ("fused", "A", "B")))
+            except (TDFusionError, ValueError):  # e.g. smaller than VIF's minimum size: show the images anyway
+                values = {}
+            if values:
+                per_image[stem] = values
+            entries.append(ReportEntry(stem, shown, {"fused": values} if values else {}))
+        summary = None
+        if per_image:
+            names = list(next(iter(per_image.values())))
+            summary = {"fused": {"mean": {n: float(np.mean([v[n] for v in per_image.values()])) for n in names},
+                                 "per_image": per_image}}
+        notes = [f"epoch {epoch}/{self.cfg['train']['epochs']}, task {self.task.name}, "
+                 f"dataset {self.cfg['dataset']['name']}; training pairs at the task input size",
+                 "panels: sources A and B, the fused image, and the loss generator's weight for A "
+                 "(w_a: intensity, v_a: gradient; 1 = all weight on A)"]
+        evals = self.run_dir / "eval_log.jsonl"
+        if evals.exists():
+            lines = [json.loads(x) for x in evals.read_text().splitlines() if x.strip()]
+            if lines:
+                scalars = {k: v for k, v in lines[-1].items() if isinstance(v, (int, float)) and k != "epoch"}
+                notes.append(f"test-split task metrics (epoch {lines[-1].get('epoch')}): "
+                             + ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+        write_report(self.run_dir / "report", entries, summary=summary, title=f"training run {self.run_dir.name}",
+                     notes=notes)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any] | None:
@@ -539,12 +590,12 @@ class MetaTrainer:
                     sch.step()
             self.pos.epoch += 1
             self.pos.phase = "meta"
-            if self.is_main:
-                self.render_samples(self.run_dir / "samples" / f"epoch_{self.pos.epoch:03d}.png")
             if eval_every and self.pos.epoch % eval_every == 0 and self.is_main:
                 metrics = self.evaluate()
                 if metrics is not None:
                     self._log("eval_log.jsonl", {"epoch": self.pos.epoch, **_jsonable(metrics)})
+            if self.is_main:
+                self.render_samples(self.pos.epoch)
             self.save("epoch")
             self.save("last")
         return self._summary()

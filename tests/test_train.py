@@ -46,7 +46,7 @@ def full_run(tmp_path_factory):
 
 def test_run_folder_holds_everything(full_run):
     for name in ("config.yaml", "last.pt", "epoch_001.pt", "epoch_002.pt", "train_log.jsonl", "eval_log.jsonl",
-                 "summary.json", "samples/epoch_001.png", "samples/epoch_002.png"):
+                 "summary.json", "samples/epoch_001.png", "samples/epoch_002.png", "report/index.html"):
         assert (full_run / name).is_file(), name
     log = [json.loads(line) for line in (full_run / "train_log.jsonl").read_text().splitlines()]
     assert [r["global_step"] for r in log] == list(range(1, 15))  # 2 epochs x (3 meta + 4 fusion)
