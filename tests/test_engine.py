@@ -77,11 +77,11 @@ def test_meta_gradient_matches_finite_differences(form):
     lr = 0.5  # a large inner step makes the second-order term large enough to measure
     grads, _ = engine.meta_gradient(f, engine.params_of(f), g, engine.params_of(g), task, t_net,
                                     engine.params_of(t_net), train_b, test_b, lr, 0.1, settings)
-    g_params = {k: p.detach().clone() for k, p in g.named_parameters()}
+    g_params = {k: p.detach().clone(memory_format=torch.contiguous_format) for k, p in g.named_parameters()}
     gen = torch.Generator().manual_seed(0)
     checked = 0
     for name in ("embed_a.weight", "head.2.weight", "encoder_b.0.attn.temperature", "joint.0.ffn.proj.weight"):
-        flat = g_params[name].view(-1)
+        flat = g_params[name].reshape(-1)
         for idx in torch.randint(0, flat.numel(), (2,), generator=gen).tolist():
             eps = 1e-5
             values = []
@@ -90,7 +90,7 @@ def test_meta_gradient_matches_finite_differences(form):
                 probe[name].view(-1)[idx] += sign * eps
                 values.append(outer_loss_of_g(f, g, task, t_net, probe, train_b, test_b, lr, settings).item())
             fd = (values[0] - values[1]) / (2 * eps)
-            an = float(grads[name].view(-1)[idx])
+            an = float(grads[name].reshape(-1)[idx])
             assert an == pytest.approx(fd, rel=1e-4, abs=1e-10), (name, idx)
             checked += abs(fd) > 1e-9
     assert checked >= 4  # the comparison was not between zeros
