@@ -8,7 +8,6 @@ gaps: configs, resuming, training data, eval, data check.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -29,13 +28,7 @@ TINY = ["train.device=cpu", "fusion.dim=8", "fusion.num_blocks=1", "lossgen.dim=
 SYNTH = ["dataset.options.size=[32,32]", "dataset.options.length=4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-off costs more than the arithmetic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(capsys, *argv) -> tuple[int, str, list[str]]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tdfusion.checkpoint import (
-    FORMAT, VERSION, convert_refusion_state_dict, load_checkpoint, load_fusion_net, load_module,
+    FORMAT, VERSION, convert_refusion_state_dict, load_fusion_net, load_module,
     module_record, save_checkpoint,
 )
 from tdfusion.errors import TDFusionError
@@ -21,13 +21,7 @@ from tdfusion.nets import FusionNet, LossGenerator
 TASKS = ("IVIF", "MIF", "MFIF", "MEIF")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-off costs more than the arithmetic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _published(shared_data, task):

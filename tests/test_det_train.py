@@ -7,7 +7,6 @@ files themselves.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -21,7 +21,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tdfusion.checkpoint import load_checkpoint, load_fusion_net, module_record  # noqa: E402
+from tdfusion.checkpoint import load_fusion_net, module_record  # noqa: E402
 from tdfusion.config import apply_overrides, load_config, validate  # noqa: E402
 from tdfusion.data.det import parse_yolo_labels  # noqa: E402
 from tdfusion.data.seg import check_label_values, read_label  # noqa: E402

@@ -18,14 +18,7 @@ from tdfusion.nets.blocks import channel_layer_norm, transposed_attention
 REFUSION_PARAMETERS = 59_856
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: with several threads, OpenMP hand-off (and, on a busy
-    machine, spinning threads) costs far more than the arithmetic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_fusion(seed: int = 0, dtype=torch.float32) -> FusionNet:

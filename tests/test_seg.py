@@ -30,13 +30,7 @@ TINY = dict(hidden_sizes=[4, 8, 8, 8], depths=[1, 1, 1, 1], num_attention_heads=
             sr_ratios=[4, 2, 1, 1], decoder_hidden_size=8, drop_path_rate=0.0, classifier_dropout_prob=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: on a shared, busy machine extra threads only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_task(k=5, **extra):
