@@ -197,11 +197,17 @@ def _conv3x3(x: torch.Tensor, weight: torch.Tensor, groups: int, pad_top: int, p
     zero padding, added here (``pad_top``/``pad_bottom`` rows). Width is zero-padded
     as in the network. Returns ``(h - 2 + pad_top + pad_bottom, W, Cout)``.
     """
-    if pad_top or pad_bottom:
-        x = F.pad(x, (0, 0, 0, 0, pad_top, pad_bottom))
+    # Border bands: let the convolution pad both sides and drop the output row that is
+    # not wanted, instead of copying the band into a zero-padded tensor (F.pad).
+    pad = 1 if (pad_top or pad_bottom) else 0
     # (h, W, C) contiguous is exactly a channels-last (1, C, h, W) tensor: no copy.
-    y = F.conv2d(x.unsqueeze(0).permute(0, 3, 1, 2), weight, padding=(0, 1), groups=groups)
-    return y[0].permute(1, 2, 0).contiguous()  # a view when oneDNN kept channels-last
+    y = F.conv2d(x.unsqueeze(0).permute(0, 3, 1, 2), weight, padding=(pad, 1), groups=groups)
+    y = y[0].permute(1, 2, 0)  # contiguous when oneDNN kept channels-last
+    if pad and not pad_top:
+        y = y[1:]
+    elif pad and not pad_bottom:
+        y = y[:-1]
+    return y.contiguous()
 
 
 def _layer_norm(x: torch.Tensor, norm) -> torch.Tensor:
