@@ -23,7 +23,7 @@ from ..colour import split_luma
 from ..errors import TDFusionError
 from ..io import match_pairs, read_image
 
-__all__ = ["PairDataset", "PairFolderDataset", "Sample", "luminance"]
+__all__ = ["PairDataset", "PairFolderDataset", "PairListDataset", "Sample", "luminance"]
 
 
 @dataclass
@@ -69,7 +69,34 @@ class PairDataset(Dataset):
         return self._cache[index]
 
 
-class PairFolderDataset(PairDataset):
+class PairListDataset(PairDataset):
+    """Pairs ``[(stem, path_a, path_b), ...]``; subclasses add targets in :meth:`load_target`."""
+
+    def __init__(self, pairs, cache: bool = False):
+        super().__init__(cache)
+        self.pairs = list(pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def stems(self) -> list[str]:
+        return [s for s, _, _ in self.pairs]
+
+    def load_target(self, index: int, a: np.ndarray) -> dict[str, np.ndarray]:
+        """Targets of pair ``index``; ``a`` is its decoded first source (for size checks)."""
+        return {}
+
+    def load(self, index: int) -> Sample:
+        stem, pa, pb = self.pairs[index]
+        a, b = luminance(pa), luminance(pb)
+        if a.shape != b.shape:
+            raise TDFusionError(f"{pb}: size {b.shape[1]}x{b.shape[0]} differs from {pa} "
+                                f"({a.shape[1]}x{a.shape[0]})")
+        return Sample(a, b, stem, self.load_target(index, a))
+
+
+class PairFolderDataset(PairListDataset):
     """Two folders of images paired by file stem; fusion-only (no targets).
 
     Args:
@@ -81,24 +108,10 @@ class PairFolderDataset(PairDataset):
     def __init__(self, dir_a: str | os.PathLike, dir_b: str | os.PathLike,
                  target_loader: Callable[[str], dict[str, Any]] | None = None,
                  target_kind: str = "none", cache: bool = False):
-        super().__init__(cache)
-        self.pairs = match_pairs(dir_a, dir_b)
+        super().__init__(match_pairs(dir_a, dir_b), cache)
         self.target_loader = target_loader
         self.target_kind = target_kind
         self.dir_a, self.dir_b = Path(dir_a), Path(dir_b)
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    @property
-    def stems(self) -> list[str]:
-        return [s for s, _, _ in self.pairs]
-
-    def load(self, index: int) -> Sample:
-        stem, pa, pb = self.pairs[index]
-        a, b = luminance(pa), luminance(pb)
-        if a.shape != b.shape:
-            raise TDFusionError(f"{pb}: size {b.shape[1]}x{b.shape[0]} differs from {pa} "
-                                f"({a.shape[1]}x{a.shape[0]})")
-        target = self.target_loader(stem) if self.target_loader else {}
-        return Sample(a, b, stem, target)
+    def load_target(self, index: int, a: np.ndarray) -> dict[str, np.ndarray]:
+        return self.target_loader(self.pairs[index][0]) if self.target_loader else {}

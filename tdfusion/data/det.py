@@ -27,7 +27,7 @@ import yaml
 
 from ..errors import TDFusionError
 from ..io import atomic_write, image_size, list_images, match_pairs
-from .base import PairDataset, Sample, luminance
+from .base import PairListDataset
 from .registry import register_dataset
 
 __all__ = [
@@ -246,7 +246,7 @@ def read_split_list(path: str | os.PathLike) -> list[str]:
 
 # -- the dataset ----------------------------------------------------------------------------
 
-class DetectionPairDataset(PairDataset):
+class DetectionPairDataset(PairListDataset):
     """Source pairs with pre-validated boxes.
 
     Args:
@@ -261,8 +261,7 @@ class DetectionPairDataset(PairDataset):
 
     def __init__(self, pairs: Sequence[tuple[str, Path, Path]], boxes: Mapping[str, np.ndarray],
                  classes: Sequence[str], task_size: tuple[int, int] | None = None, cache: bool = False):
-        super().__init__(cache)
-        self.pairs = list(pairs)
+        super().__init__(pairs, cache)
         self.boxes = dict(boxes)
         self.classes = list(classes)
         self.default_task_size = task_size
@@ -270,26 +269,14 @@ class DetectionPairDataset(PairDataset):
         if missing:
             raise TDFusionError(f"no boxes given for {len(missing)} pair(s), e.g. {missing[0]}")
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    @property
-    def stems(self) -> list[str]:
-        return [s for s, _, _ in self.pairs]
-
     def instances_per_class(self) -> list[int]:
         counts = np.zeros(len(self.classes), np.int64)
         for b in self.boxes.values():
             np.add.at(counts, b[:, 0].astype(np.int64), 1)
         return counts.tolist()
 
-    def load(self, index: int) -> Sample:
-        stem, pa, pb = self.pairs[index]
-        a, b = luminance(pa), luminance(pb)
-        if a.shape != b.shape:
-            raise TDFusionError(f"{pb}: size {b.shape[1]}x{b.shape[0]} differs from {pa} "
-                                f"({a.shape[1]}x{a.shape[0]})")
-        return Sample(a, b, stem, {"boxes": self.boxes[stem].copy()})
+    def load_target(self, index: int, a: np.ndarray) -> dict[str, np.ndarray]:
+        return {"boxes": self.boxes[self.pairs[index][0]].copy()}
 
 
 def _need_root(name: str, root) -> Path:

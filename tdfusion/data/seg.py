@@ -29,7 +29,7 @@ from PIL import Image as PILImage, UnidentifiedImageError
 
 from ..errors import TDFusionError
 from ..io import image_size, list_images, match_pairs
-from .base import PairDataset, Sample, luminance
+from .base import PairListDataset
 from .registry import register_dataset
 
 __all__ = ["FMB_CLASSES", "MSRS_CLASSES", "SegPairDataset", "read_label"]
@@ -99,7 +99,7 @@ def _size_text(hw: tuple[int, int]) -> str:
     return f"{hw[1]}x{hw[0]}"
 
 
-class SegPairDataset(PairDataset):
+class SegPairDataset(PairListDataset):
     """Source pairs with class-id masks: ``dir_a/<stem>.*``, ``dir_b/<stem>.*``, ``dir_label/<stem>.*``.
 
     Args:
@@ -117,14 +117,14 @@ class SegPairDataset(PairDataset):
     def __init__(self, dir_a: str | os.PathLike, dir_b: str | os.PathLike, dir_label: str | os.PathLike,
                  classes: Sequence[str], ignore_index: int | None = 255, check_sizes: bool = True,
                  cache: bool = False, name: str = "segmentation"):
-        super().__init__(cache)
+        super().__init__(match_pairs(dir_a, dir_b), cache)
         self.name = name
         self.classes = [str(c) for c in classes]
         if not self.classes:
             raise TDFusionError(f"{name}: empty class list")
         self.ignore_index = ignore_index
         self.dir_a, self.dir_b, self.dir_label = Path(dir_a), Path(dir_b), Path(dir_label)
-        pairs = match_pairs(self.dir_a, self.dir_b)
+        pairs = self.pairs
         if not self.dir_label.is_dir():
             raise TDFusionError(f"{self.dir_label}: no such label folder")
         labels = list_images(self.dir_label)
@@ -135,38 +135,30 @@ class SegPairDataset(PairDataset):
         for stem, pl in labels.items():
             if stem not in stems:
                 raise TDFusionError(f"{pl}: label without an image pair (no {stem}.* in {self.dir_a})")
-        self.items = [(s, pa, pb, labels[s]) for s, pa, pb in pairs]
+        self.labels = [labels[s] for s, _, _ in pairs]
         if check_sizes:
-            for _, pa, pb, pl in self.items:
+            for (_, pa, pb), pl in zip(self.pairs, self.labels):
                 sa = image_size(pa)
                 for p in (pb, pl):
                     s = image_size(p)
                     if s != sa:
                         raise TDFusionError(f"{p}: size {_size_text(s)} differs from {pa} ({_size_text(sa)})")
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    @property
-    def stems(self) -> list[str]:
-        return [s for s, _, _, _ in self.items]
-
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def label_path(self, index: int) -> Path:
-        return self.items[index][3]
+        return self.labels[index]
 
-    def load(self, index: int) -> Sample:
-        stem, pa, pb, pl = self.items[index]
-        a, b, mask = luminance(pa), luminance(pb), read_label(pl)
-        if b.shape != a.shape:
-            raise TDFusionError(f"{pb}: size {_size_text(b.shape)} differs from {pa} ({_size_text(a.shape)})")
+    def load_target(self, index: int, a: np.ndarray) -> dict[str, np.ndarray]:
+        pl = self.labels[index]
+        mask = read_label(pl)
         if mask.shape != a.shape:
-            raise TDFusionError(f"{pl}: size {_size_text(mask.shape)} differs from {pa} ({_size_text(a.shape)})")
+            raise TDFusionError(f"{pl}: size {_size_text(mask.shape)} differs from {self.pairs[index][1]} "
+                                f"({_size_text(a.shape)})")
         check_label_values(mask, len(self.classes), self.ignore_index, pl)
-        return Sample(a, b, stem, {"mask": mask})
+        return {"mask": mask}
 
 
 def _split_folder(root: str | os.PathLike | None, split: str, name: str, layout: str) -> Path:
