@@ -56,13 +56,14 @@ class AdaptiveFusion(nn.Module):
     def forward_cl(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C) x2 -> (B, H, W, 2C)``."""
         c = xa.shape[-1]
-        qkv_a, qkv_b = self.qkv_a.forward_cl(xa), self.qkv_b.forward_cl(xb)
-        qa, ka, va = qkv_a.split(c, dim=-1)
-        qb, kb, vb = qkv_b.split(c, dim=-1)
+        qk_a, va = self.qkv_a.forward_cl(xa).split([2 * c, c], dim=-1)
+        qk_b, vb = self.qkv_b.forward_cl(xb).split([2 * c, c], dim=-1)
+        qa, ka = qk_a.split(c, dim=-1)
+        qb, kb = qk_b.split(c, dim=-1)
         # Cross attention folded with its 1x1 projection (see blocks.mixing_from_stats);
         # squared norms from each branch's own Gram matrix, cross products q_b.k_a, q_a.k_b.
-        sq_a = pixel_gram(qkv_a[..., :2 * c]).diagonal(dim1=1, dim2=2)  # |qa|^2, |ka|^2
-        sq_b = pixel_gram(qkv_b[..., :2 * c]).diagonal(dim1=1, dim2=2)  # |qb|^2, |kb|^2
+        sq_a = pixel_gram(qk_a).diagonal(dim1=1, dim2=2)  # |qa|^2, |ka|^2
+        sq_b = pixel_gram(qk_b).diagonal(dim1=1, dim2=2)  # |qb|^2, |kb|^2
         b = xa.shape[0]
         cross_ba = qb.reshape(b, -1, c).transpose(1, 2) @ ka.reshape(b, -1, c)
         cross_ab = qa.reshape(b, -1, c).transpose(1, 2) @ kb.reshape(b, -1, c)
