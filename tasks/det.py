@@ -38,6 +38,8 @@ from typing import Any, Mapping, Sequence
 # ultralytics decides at import whether it is online and may otherwise fetch fonts or
 # assets; a user's explicit setting wins.
 os.environ.setdefault("YOLO_OFFLINE", "1")
+# Never pip-install at run time (ultralytics otherwise installs missing optional packages).
+os.environ.setdefault("YOLO_AUTOINSTALL", "False")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
 import numpy as np  # noqa: E402

@@ -25,7 +25,7 @@ from .errors import TDFusionError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "Image", "atomic_write", "image_size", "list_images", "match_pairs",
+    "IMAGE_EXTENSIONS", "Image", "atomic_write", "image_size", "list_images", "match_pairs", "pil_open",
     "read_image", "write_image",
 ]
 
@@ -102,13 +102,25 @@ def _to_unit_float(raw: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
     raise TDFusionError(f"{path}: unsupported pixel type {raw.dtype}")
 
 
+def pil_open(path: str | os.PathLike):
+    """``PIL.Image.open``, with one guard: once ultralytics is imported, it wraps
+    ``Image.open`` so that an unidentified file makes it import (and, unless disabled,
+    pip-install) a HEIF plugin; that failure is reported as the unidentified image it is."""
+    from PIL import Image as PILImage, UnidentifiedImageError
+
+    try:
+        return PILImage.open(path)
+    except ImportError:
+        raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(H, W)`` of an image file, reading only its header where possible."""
-    from PIL import Image as PILImage, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     path = Path(path)
     try:
-        with PILImage.open(path) as im:
+        with pil_open(path) as im:
             w, h = im.size
         if w > 0 and h > 0:
             return h, w

@@ -28,7 +28,7 @@ import yaml
 from PIL import Image as PILImage, UnidentifiedImageError
 
 from ..errors import TDFusionError
-from ..io import image_size, list_images, match_pairs
+from ..io import image_size, list_images, match_pairs, pil_open
 from .base import PairListDataset
 from .registry import register_dataset
 
@@ -59,7 +59,7 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise TDFusionError(f"{path}: no such file")
     try:
-        with PILImage.open(path) as im:
+        with pil_open(path) as im:
             mode = im.mode
             arr = np.asarray(im)
     # Pillow's decoders report damaged data as SyntaxError ("broken PNG file"), EOFError or
