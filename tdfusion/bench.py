@@ -260,13 +260,14 @@ def _meta_batches(cfg: dict, target: str, seed: int) -> tuple[dict, dict, Any]:
 
 
 def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: int = 3,
-               methods: tuple[str, ...] = ("jvp",), progress: Callable[[str], None] | None = None
+               methods: tuple[str, ...] = ("jvp", "fusion_step"), progress: Callable[[str], None] | None = None
                ) -> list[dict[str, Any]]:
-    """Time one meta iteration (inner + outer update) and one fusion-phase step of a task.
+    """Time one meta iteration (inner + outer update) or one fusion-phase step of a task.
 
     Sizes, batch and loss follow the task's shipped recipe (``META_RECIPES``) on synthetic
-    scenes. Methods: ``jvp`` (:func:`tdfusion.metagrad.meta_gradient_jvp`) and ``plain``
-    (the engine's second-order formulation, :func:`tdfusion.engine.meta_gradient`).
+    scenes. Methods: ``jvp`` (:func:`tdfusion.metagrad.meta_gradient_jvp`, what training
+    uses), ``plain`` (the second-order formulation, :func:`tdfusion.engine.meta_gradient`)
+    and ``fusion_step`` (one step of F and T in the fusion phase, optimiser excluded).
     """
     from . import engine
     from .config import load_config
@@ -291,34 +292,6 @@ def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: i
             engine.params_of(task_net), train_batch, test_batch, lr, cfg["optim"]["lr_task"], settings)
     shape = (f"batch {len(train_batch['stems'])}, crops {cfg['data']['crop_size']}, task input "
              + ("= crops" if cfg["data"]["task_size"] is None else "x".join(map(str, cfg["data"]["task_size"]))))
-    rows = []
-    for method in methods:
-        if progress:
-            progress(f"meta iteration {task_name} {method}")
-        phases: list[dict[str, float]] = []
-        if method == "jvp":
-            def fn():
-                t: dict[str, float] = {}
-                meta_gradient_jvp(*args, timings=t)
-                phases.append(t)
-        elif method == "plain":
-            def fn():
-                engine.meta_gradient(*args)
-        else:
-            raise ValueError(f"unknown meta method {method!r} (jvp, plain)")
-        with MemoryPeak(device) as mem:
-            times = _timed(fn, device, warmup, repeats)
-        flops = _count_flops(fn)
-        phases = phases[warmup:warmup + repeats]
-        row = {"what": "meta", "task": task_name, "method": method, "shape": shape, **_row(times, flops),
-               "peak_mb": mem.peak_mb, "start_mb": mem.base_mb}
-        if phases:
-            row["phases_s"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
-        rows.append(row)
-
-    if progress:
-        progress(f"fusion-phase step {task_name}")
-
     def fusion_step():  # the trainer's fusion_step without the optimiser updates
         out = engine.fusion_objective(fusion, engine.params_of(fusion), lossgen, engine.params_of(lossgen),
                                       train_batch["crop_a"], train_batch["crop_b"], settings, detach_weights=True)
@@ -329,13 +302,80 @@ def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: i
         for net in (fusion, task_net):
             net.zero_grad(set_to_none=True)
 
-    with MemoryPeak(device) as mem:
-        times = _timed(fusion_step, device, warmup, repeats)
-    rows.append({"what": "fusion_step", "task": task_name, "method": "-", "shape": shape,
-                 **_row(times, _count_flops(fusion_step)), "peak_mb": mem.peak_mb, "start_mb": mem.base_mb})
+    rows = []
+    for method in methods:
+        if progress:
+            progress(f"{task_name}: {method}")
+        phases: list[dict[str, float]] = []
+        if method == "jvp":
+            def fn():
+                t: dict[str, float] = {}
+                meta_gradient_jvp(*args, timings=t)
+                phases.append(t)
+        elif method == "plain":
+            def fn():
+                engine.meta_gradient(*args)
+        elif method == "fusion_step":
+            fn = fusion_step
+        else:
+            raise ValueError(f"unknown meta method {method!r} (jvp, plain, fusion_step)")
+        with MemoryPeak(device) as mem:
+            times = _timed(fn, device, warmup, repeats)
+        flops = _count_flops(fn)
+        phases = phases[warmup:warmup + repeats]
+        row = {"what": "fusion_step" if method == "fusion_step" else "meta", "task": task_name,
+               "method": method, "shape": shape, **_row(times, flops), "peak_mb": mem.peak_mb,
+               "start_mb": mem.base_mb}
+        if phases:
+            row["phases_s"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+        rows.append(row)
     return rows
 
 
 def _arch(section: dict) -> dict:
     cfg = dict(section)
     return {"name": cfg.pop("arch"), **cfg}
+
+
+# ---------------------------------------------------------------------------------------
+# Data loading
+# ---------------------------------------------------------------------------------------
+
+def bench_data(dataset: str, root: str | None, crop_size: int = 256, task_size=(240, 320),
+               batch_size: int = 1, batches: int = 20, workers: tuple[int, ...] = (0, 2),
+               progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Seconds per training batch (decode, crop, resize, collate, swap) as the trainer loads them.
+
+    For each worker count: a first pass with ``cache=False`` and, with ``cache=True``, a
+    second pass over the same samples (decoded images served from memory).
+    """
+    from torch.utils.data import DataLoader
+
+    from .data import build_dataset
+    from .data.views import collate, swap_sources, train_view
+
+    rows = []
+    for cache in (False, True):
+        ds = build_dataset(dataset, root, "train", cache=cache)
+        n = min(len(ds), batches * batch_size)
+
+        class Views(torch.utils.data.Dataset):
+            def __len__(self):
+                return n
+
+            def __getitem__(self, i):
+                return train_view(ds[i % len(ds)], np.random.default_rng(i), crop_size, task_size)
+
+        for w in workers:
+            if progress:
+                progress(f"data {dataset} workers {w} cache {cache}")
+            loader = DataLoader(Views(), batch_size=batch_size, num_workers=w, collate_fn=collate,
+                                persistent_workers=w > 0)
+            passes = []
+            for _ in range(2 if cache else 1):
+                t0 = time.perf_counter()
+                count = sum(1 for batch in loader if swap_sources(batch))
+                passes.append((time.perf_counter() - t0) / max(count, 1))
+            rows.append({"what": "data", "dataset": dataset, "workers": w, "cache": cache,
+                         "s_per_batch": passes[-1], "first_pass_s_per_batch": passes[0], "batches": count})
+    return rows

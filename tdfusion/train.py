@@ -51,6 +51,7 @@ from .device import resolve_device
 from .errors import TDFusionError
 from .io import atomic_write
 from .losses import FUSION_LOSSES
+from .metagrad import meta_gradient_jvp
 from .nets import create_model
 from .optim import G_UPDATE_RULES, apply_meta_gradient, make_optimizer, make_scheduler
 from .progress import progress_bar
@@ -258,7 +259,8 @@ class MetaTrainer:
         inner_lr = mc["inner_lr"] if mc["inner_lr"] is not None else self.opt_f.param_groups[0]["lr"]
         task_lr = mc["task_inner_lr"] if mc["task_inner_lr"] is not None else self.opt_t.param_groups[0]["lr"]
         g_params = engine.params_of(self.lossgen)
-        grads, logs = engine.meta_gradient(
+        meta_gradient = meta_gradient_jvp if mc["gradient"] == "jvp" else engine.meta_gradient
+        grads, logs = meta_gradient(
             self.fusion, engine.params_of(self.fusion), self.lossgen, g_params, self.task, self.task_net,
             engine.params_of(self.task_net), train_batch, test_batch, inner_lr, task_lr, self.settings,
             reduce_grads=distributed.mean_tensors if self.world > 1 else None)
@@ -629,6 +631,7 @@ _MINIMUM = {"data.batch_size": 1, "data.crop_size": 8, "data.num_workers": 0, "t
             "run.samples": 0, "run.eval_every": 0, "run.eval_limit": 1, "optim.step_size": 1}
 _NULLABLE = {"train.fusion_steps", "run.eval_limit"}
 _CHOICES = {"loss.intensity": ("paper", "reference"), "meta.g_update": G_UPDATE_RULES,
+            "meta.gradient": ("jvp", "second_order"),
             "optim.schedule": ("step", "cosine", "none")}
 
 

@@ -16,6 +16,7 @@ examples:
   tdfusion bench --tasks none --paths banded,module,plain --json bench.json
   tdfusion bench --sizes 3000x4000 --max-memory 4G --repeats 1 --warmup 0 --tasks none
   tdfusion bench --tasks seg --meta-method jvp,plain --sizes none
+  tdfusion bench --sizes none --tasks none --data msrs_det --data-root ../shared/data/msrs_det
 
 Figures are medians of --repeats runs after --warmup runs. On a shared machine, check
 the load average printed in the header: other processes slow every figure down.
@@ -39,9 +40,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "same cost)")
     p.add_argument("--tasks", default="seg,det,recon", metavar="T,...",
                    help="meta iteration per task (recipe sizes, synthetic data), or 'none'")
-    p.add_argument("--meta-method", default="jvp", metavar="M,...",
-                   help="jvp (first-order meta-gradient, what training uses) and/or plain "
-                        "(second-order through the inner gradient; slow and memory-hungry)")
+    p.add_argument("--meta-method", default="jvp,fusion_step", metavar="M,...",
+                   help="jvp (first-order meta-gradient, what training uses), plain (second order "
+                        "through the inner gradient; slow and memory-hungry), fusion_step (one step of "
+                        "F and T in the fusion phase)")
+    p.add_argument("--no-isolate", dest="isolate", action="store_false",
+                   help="measure everything in this process (default: each figure in a fresh process, "
+                        "so that its peak memory is its own)")
+    p.add_argument("--item", default=None, help=argparse.SUPPRESS)  # internal: one figure, as JSON
+    p.add_argument("--data", default=None, metavar="NAME",
+                   help="also time training-batch loading from this dataset (e.g. msrs_det with "
+                        "--data-root, or synthetic) with 0 and 2 workers, without and with caching")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="root folder of --data")
     p.add_argument("--bf16-error", action="store_true",
                    help="also report the output error of bfloat16 (and float16 on GPU) inference vs float32")
     p.add_argument("--repeats", type=int, default=3, metavar="N", help="timed runs per figure (default 3)")
@@ -84,66 +94,123 @@ def _fmt(v, digits=3) -> str:
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
+def _measure(item: dict, args: argparse.Namespace, device, say) -> list[dict]:
+    """One figure: inference at one size along one path, or one task's meta method."""
+    from .. import bench
+
+    if item["kind"] == "inference":
+        net = _network(args, device)
+        return bench.bench_inference(net, [tuple(item["size"])], device, args.warmup, args.repeats, (item["path"],),
+                                     args.chunk_rows, args.max_memory, progress=say)
+    return bench.bench_meta(item["task"], device, args.warmup, args.repeats, (item["method"],), progress=say)
+
+
+def _network(args: argparse.Namespace, device):
+    from ..nets import FusionNet
+
+    if args.checkpoint:
+        from ..checkpoint import load_fusion_net
+
+        return load_fusion_net(args.checkpoint, device)[0]
+    torch.manual_seed(0)
+    return FusionNet().to(device).eval()
+
+
+def _in_child(item: dict, args: argparse.Namespace) -> list[dict]:
+    """Run one figure in a fresh interpreter: peak memory then belongs to that figure alone."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/rows.json"
+        argv = [sys.executable, "-m", "tdfusion", "bench", "--item", json.dumps(item), "--json", out,
+                "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+        for flag, value in (("--device", args.device), ("--threads", args.threads), ("--max-memory", args.max_memory),
+                            ("--chunk-rows", args.chunk_rows), ("--checkpoint", args.checkpoint)):
+            if value is not None:
+                argv += [flag, str(value)]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+            raise TDFusionError(f"bench {item}: {lines[-1] if lines else 'failed'}")
+        with open(out) as fh:
+            return json.load(fh)
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from .. import bench
     from ..chunked import parse_memory
-    from ..nets import FusionNet
+
+    if args.repeats < 1 or args.warmup < 0:
+        raise TDFusionError("--repeats must be >= 1 and --warmup >= 0")
+    if args.max_memory is not None:
+        parse_memory(args.max_memory)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.item:  # a child process measuring one figure
+        rows = _measure(json.loads(args.item), args, device, None)
+        with atomic_write(args.json, "w") as fh:
+            json.dump(rows, fh)
+        return 0
 
     sizes = _sizes(args.sizes)
     paths = _names(args.paths, ("banded", "module", "plain"), "--paths")
     tasks = _names(args.tasks, ("seg", "det", "recon"), "--tasks")
-    methods = _names(args.meta_method, ("jvp", "plain"), "--meta-method")
-    if args.max_memory is not None:
-        parse_memory(args.max_memory)
-    if args.repeats < 1 or args.warmup < 0:
-        raise TDFusionError("--repeats must be >= 1 and --warmup >= 0")
-    device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.checkpoint:
-        from ..checkpoint import load_fusion_net
-
-        net, _ = load_fusion_net(args.checkpoint, device)
-    else:
-        torch.manual_seed(0)
-        net = FusionNet().to(device).eval()
-
+    methods = _names(args.meta_method, ("jvp", "plain", "fusion_step"), "--meta-method")
     console = Console()
     hw = bench.hardware(device)
     console.print("hardware: " + ", ".join(f"{k} {v}" for k, v in hw.items() if v is not None))
     say = (lambda msg: console.print(f"[dim]... {msg}[/dim]"))
-    results: dict = {"hardware": hw, "inference": [], "meta": []}
+    items = ([{"kind": "inference", "size": list(s), "path": p} for s in sizes for p in paths]
+             + [{"kind": "meta", "task": t, "method": m} for t in tasks for m in methods])
+    rows: list[dict] = []
+    for item in items:
+        if args.isolate:
+            say(" ".join(str(v) for k, v in item.items() if k != "kind"))
+            rows += _in_child(item, args)
+        else:
+            rows += _measure(item, args, device, say)
+    results: dict = {"hardware": hw, "isolated": args.isolate,
+                     "inference": [r for r in rows if r["what"] == "inference"],
+                     "meta": [r for r in rows if r["what"] != "inference"]}
 
-    if sizes and paths:
-        results["inference"] = bench.bench_inference(net, sizes, device, args.warmup, args.repeats, tuple(paths),
-                                                     args.chunk_rows, args.max_memory, progress=say)
+    if results["inference"]:
         t = Table(title="inference: one pair")
-        for col in ("size", "path", "median s", "min s", "pairs/s", "GFLOP/s", "peak MiB", "bands"):
+        for col in ("size", "path", "median s", "min s", "pairs/s", "GFLOP/s", "peak MiB", "start MiB", "bands"):
             t.add_column(col, justify="left" if col in ("size", "path") else "right")
         for r in results["inference"]:
-            bands = f"{r['bands']} x {r['band_rows']} rows" if "bands" in r else "-"
+            bands = f"{r['bands']}x{r['band_rows']}" if "bands" in r else "-"
             t.add_row(r["size"], r["path"], _fmt(r["median_s"]), _fmt(r["min_s"]), _fmt(r["pairs_per_s"]),
-                      _fmt(r["gflops_per_s"]), _fmt(r["peak_mb"], 5), bands)
+                      _fmt(r["gflops_per_s"]), _fmt(r["peak_mb"], 5), _fmt(r["start_mb"], 5), bands)
         console.print(t)
-    if args.bf16_error:
-        results["low_precision_error"] = bench.bf16_error(net, device)
-        console.print(f"low-precision output error vs float32 (256x256): {results['low_precision_error']}")
-    for task in tasks:
-        results["meta"] += bench.bench_meta(task, device, args.warmup, args.repeats, tuple(methods), progress=say)
     if results["meta"]:
-        t = Table(title="training: one meta iteration (inner + outer update) and one fusion-phase step")
+        t = Table(title="training: one meta iteration (inner + outer update), one fusion-phase step")
         for col in ("task", "what", "median s", "min s", "GFLOP/s", "peak MiB", "phases (s)"):
             t.add_column(col, justify="left" if col in ("task", "what", "phases (s)") else "right")
         for r in results["meta"]:
-            what = "meta " + r["method"] if r["what"] == "meta" else "fusion step"
-            phases = "  ".join(f"{k} {v:.2f}" for k, v in r.get("phases_s", {}).items()) or "-"
+            what = "fusion step" if r["what"] == "fusion_step" else "meta " + r["method"]
+            phases = " ".join(f"{k} {v:.2f}" for k, v in r.get("phases_s", {}).items()) or "-"
             t.add_row(r["task"], what, _fmt(r["median_s"]), _fmt(r["min_s"]), _fmt(r["gflops_per_s"]),
                       _fmt(r["peak_mb"], 5), phases)
         console.print(t)
         console.print("sizes: " + "; ".join(sorted({f"{r['task']}: {r['shape']}" for r in results["meta"]})))
+    if args.data:
+        results["data"] = bench.bench_data(args.data, args.data_root, progress=say)
+        t = Table(title=f"data loading: {args.data}, one training batch (1 pair + swap, crop 256, task 240x320)")
+        for col in ("workers", "cache", "s / batch (first pass)", "s / batch (this pass)"):
+            t.add_column(col, justify="right")
+        for r in results["data"]:
+            t.add_row(str(r["workers"]), "yes" if r["cache"] else "no", _fmt(r["first_pass_s_per_batch"]),
+                      _fmt(r["s_per_batch"]))
+        console.print(t)
+    if args.bf16_error:
+        results["low_precision_error"] = bench.bf16_error(_network(args, device), device)
+        console.print(f"low-precision output error vs float32 (256x256): {results['low_precision_error']}")
     if args.json:
         with atomic_write(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
