@@ -24,7 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .chunked import fuse_banded, plan_bands
 from .nets import FusionNet
 
-__all__ = ["hardware", "bench_inference", "bench_meta", "MemoryPeak"]
+__all__ = ["hardware", "bench_inference", "bench_meta", "bench_data", "MemoryPeak", "profile_breakdown",
+           "machine_roofline"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,12 +174,13 @@ def fusion_flops_per_pixel(net: FusionNet) -> float:
 def bench_inference(net: FusionNet, sizes: list[tuple[int, int]], device: torch.device, warmup: int = 1,
                     repeats: int = 3, paths: tuple[str, ...] = ("banded",), chunk_rows: int | None = None,
                     max_memory: str | None = None, dtype: torch.dtype = torch.float32,
-                    progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                    progress: Callable[[str], None] | None = None, profile_top: int = 0) -> list[dict[str, Any]]:
     """Time fusing one pair per size along each path.
 
     Paths: ``banded`` (the default inference path, :func:`tdfusion.chunked.fuse_banded`),
     ``module`` (the optimised module's forward on the whole image), ``plain`` (the plain
     NCHW formulation of :mod:`tdfusion.nets.reference`, i.e. the code before issue 7).
+    ``profile_top > 0`` adds each figure's :func:`profile_breakdown` (that many operators).
     """
     from .nets.reference import plain_fusion
 
@@ -217,6 +219,8 @@ def bench_inference(net: FusionNet, sizes: list[tuple[int, int]], device: torch.
                    "peak_mb": mem.peak_mb, "start_mb": mem.base_mb}
             if plan is not None:
                 row.update(band_rows=plan.rows, bands=plan.count, planned_mb=plan.expected_bytes / 2 ** 20)
+            if profile_top > 0:
+                row["profile"] = profile_breakdown(fn, device, profile_top)
             rows.append(row)
     return rows
 
@@ -265,14 +269,15 @@ def _meta_batches(cfg: dict, target: str, seed: int) -> tuple[dict, dict, Any]:
 
 
 def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: int = 3,
-               methods: tuple[str, ...] = ("jvp", "fusion_step"), progress: Callable[[str], None] | None = None
-               ) -> list[dict[str, Any]]:
+               methods: tuple[str, ...] = ("jvp", "fusion_step"), progress: Callable[[str], None] | None = None,
+               profile_top: int = 0) -> list[dict[str, Any]]:
     """Time one meta iteration (inner + outer update) or one fusion-phase step of a task.
 
     Sizes, batch and loss follow the task's shipped recipe (``META_RECIPES``) on synthetic
     scenes. Methods: ``jvp`` (:func:`tdfusion.metagrad.meta_gradient_jvp`, what training
     uses), ``plain`` (the second-order formulation, :func:`tdfusion.engine.meta_gradient`)
     and ``fusion_step`` (one step of F and T in the fusion phase, optimiser excluded).
+    ``profile_top > 0`` adds each figure's :func:`profile_breakdown` (that many operators).
     """
     from . import engine
     from .config import load_config
@@ -333,6 +338,8 @@ def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: i
                "start_mb": mem.base_mb}
         if phases:
             row["phases_s"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+        if profile_top > 0:
+            row["profile"] = profile_breakdown(fn, device, profile_top)
         rows.append(row)
     return rows
 
@@ -384,3 +391,98 @@ def bench_data(dataset: str, root: str | None, crop_size: int = 256, task_size=(
             rows.append({"what": "data", "dataset": dataset, "workers": w, "cache": cache,
                          "s_per_batch": passes[-1], "first_pass_s_per_batch": passes[0], "batches": count})
     return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Where the time goes
+# ---------------------------------------------------------------------------------------
+
+def _op_category(name: str) -> str:
+    """Group an operator: matrix products and convolutions do the arithmetic, the rest moves memory."""
+    name = name.replace("::", ".")  # profiler: aten::mm; FLOP counter: aten.mm(.default)
+    name = name[5:] if name.startswith("aten.") else name
+    name = name.split(".")[0]
+    if "conv" in name:
+        return "convolutions"
+    if name in ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "addmv", "mv"):
+        return "matrix products"
+    return "other (elementwise, norms, copies, reductions)"
+
+
+def profile_breakdown(fn: Callable[[], Any], device: torch.device, top: int = 12) -> dict[str, Any]:
+    """Where one call of ``fn`` spends its time: per operator category and the top operators.
+
+    Times are operators' self times from ``torch.profiler`` (CPU time on the calling
+    thread, which waits for its OpenMP partners; CUDA kernel time on GPU); FLOPs per
+    category come from a separate run under the FLOP counter, so that each category's
+    achieved GFLOP/s shows whether it is bound by arithmetic or by memory traffic.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    flops: dict[str, float] = {}
+    try:
+        mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            fn()
+        for op, n in counter.get_flop_counts().get("Global", {}).items():
+            cat = _op_category(str(op))
+            flops[cat] = flops.get(cat, 0.0) + float(n)
+    except Exception:  # a kernel without a FLOP formula: times only
+        flops = {}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    use_cuda = device.type == "cuda"
+
+    def self_s(e) -> float:
+        us = getattr(e, "self_device_time_total", 0) if use_cuda else e.self_cpu_time_total
+        return us / 1e6
+
+    total = sum(self_s(e) for e in events) or float("nan")
+    cats: dict[str, dict[str, float]] = {}
+    for e in events:
+        c = cats.setdefault(_op_category(e.key), {"s": 0.0, "calls": 0})
+        c["s"] += self_s(e)
+        c["calls"] += e.count
+    categories = []
+    for name, c in sorted(cats.items(), key=lambda kv: -kv[1]["s"]):
+        f = flops.get(name)
+        categories.append({"category": name, "s": c["s"], "share": c["s"] / total, "calls": int(c["calls"]),
+                           "gflop": None if f is None else f / 1e9,
+                           "gflops_per_s": None if not f or c["s"] <= 0 else f / c["s"] / 1e9})
+    ops = sorted(events, key=self_s, reverse=True)[:top]
+    return {"timer": "cuda kernel" if use_cuda else "cpu self time", "total_s": total, "categories": categories,
+            "top_ops": [{"op": e.key, "calls": e.count, "s": self_s(e), "share": self_s(e) / total} for e in ops]}
+
+
+def machine_roofline(device: torch.device) -> dict[str, float]:
+    """What the hardware can do at best: fp32 matrix-product GFLOP/s and memory copy GB/s.
+
+    The ceilings against which the profile's categories are read: a category far below
+    the matrix-product rate whose bytes moved are near the copy rate is memory-bound.
+    """
+    def best(fn, repeats=5):
+        fn()
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    n = 2048
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    t_mm = best(lambda: torch.mm(a, b))
+    src = torch.empty(2 ** 26, device=device)  # 256 MiB: far beyond any cache
+    dst = torch.empty_like(src)
+    t_copy = best(lambda: dst.copy_(src))
+    return {"matmul_gflops_per_s": 2 * n ** 3 / t_mm / 1e9,
+            "copy_gb_per_s": 2 * src.numel() * src.element_size() / t_copy / 1e9}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
@@ -17,6 +18,7 @@ examples:
   tdfusion bench --sizes 3000x4000 --max-memory 4G --repeats 1 --warmup 0 --tasks none
   tdfusion bench --tasks seg --meta-method jvp,plain --sizes none
   tdfusion bench --sizes none --tasks none --data msrs_det --data-root ../shared/data/msrs_det
+  tdfusion bench --sizes 480x640 --tasks seg --profile 10   # where the time goes, vs the machine's ceilings
 
 Figures are medians of --repeats runs after --warmup runs. On a shared machine, check
 the load average printed in the header: other processes slow every figure down.
@@ -54,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default=None, metavar="DIR", help="root folder of --data")
     p.add_argument("--bf16-error", action="store_true",
                    help="also report the output error of bfloat16 (and float16 on GPU) inference vs float32")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile each figure: time and achieved GFLOP/s per operator category "
+                        "(matrix products, convolutions, the rest) and the N slowest operators, against "
+                        "the machine's measured matrix-product and memory-copy rates")
     p.add_argument("--repeats", type=int, default=3, metavar="N", help="timed runs per figure (default 3)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
@@ -101,8 +107,9 @@ def _measure(item: dict, args: argparse.Namespace, device, say) -> list[dict]:
     if item["kind"] == "inference":
         net = _network(args, device)
         return bench.bench_inference(net, [tuple(item["size"])], device, args.warmup, args.repeats, (item["path"],),
-                                     args.chunk_rows, args.max_memory, progress=say)
-    return bench.bench_meta(item["task"], device, args.warmup, args.repeats, (item["method"],), progress=say)
+                                     args.chunk_rows, args.max_memory, progress=say, profile_top=args.profile)
+    return bench.bench_meta(item["task"], device, args.warmup, args.repeats, (item["method"],), progress=say,
+                            profile_top=args.profile)
 
 
 def _network(args: argparse.Namespace, device):
@@ -125,7 +132,7 @@ def _in_child(item: dict, args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/rows.json"
         argv = [sys.executable, "-m", "tdfusion", "bench", "--item", json.dumps(item), "--json", out,
-                "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+                "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--profile", str(args.profile)]
         for flag, value in (("--device", args.device), ("--threads", args.threads), ("--max-memory", args.max_memory),
                             ("--chunk-rows", args.chunk_rows), ("--checkpoint", args.checkpoint)):
             if value is not None:
@@ -138,6 +145,23 @@ def _in_child(item: dict, args: argparse.Namespace) -> list[dict]:
             return json.load(fh)
 
 
+def _print_profile(console, row: dict) -> None:
+    from rich.table import Table
+
+    prof = row["profile"]
+    label = (f"inference {row['size']} {row['path']}" if row["what"] == "inference"
+             else f"{row['task']} {'fusion step' if row['what'] == 'fusion_step' else 'meta ' + row['method']}")
+    t = Table(title=f"where the time goes: {label} ({prof['timer']}, {prof['total_s']:.3g} s in operators)")
+    for col in ("operators", "s", "share", "calls", "GFLOP", "GFLOP/s"):
+        t.add_column(col, justify="left" if col == "operators" else "right")
+    for c in prof["categories"]:
+        t.add_row(c["category"], _fmt(c["s"]), f"{c['share']:.0%}", str(c["calls"]), _fmt(c["gflop"]),
+                  _fmt(c["gflops_per_s"]))
+    for o in prof["top_ops"]:
+        t.add_row(f"  {o['op']}", _fmt(o["s"]), f"{o['share']:.0%}", str(o["calls"]), "", "")
+    console.print(t)
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -145,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import bench
     from ..chunked import parse_memory
 
-    if args.repeats < 1 or args.warmup < 0:
-        raise TDFusionError("--repeats must be >= 1 and --warmup >= 0")
+    if args.repeats < 1 or args.warmup < 0 or args.profile < 0:
+        raise TDFusionError("--repeats must be >= 1, --warmup and --profile >= 0")
     if args.max_memory is not None:
         parse_memory(args.max_memory)
     device = resolve_device(args.device)
@@ -162,9 +186,16 @@ def run(args: argparse.Namespace) -> int:
     paths = _names(args.paths, ("banded", "module", "plain"), "--paths")
     tasks = _names(args.tasks, ("seg", "det", "recon"), "--tasks")
     methods = _names(args.meta_method, ("jvp", "plain", "fusion_step"), "--meta-method")
-    console = Console()
+    # Redirected output would otherwise be cut to 80 columns and truncate the figures.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     hw = bench.hardware(device)
-    console.print("hardware: " + ", ".join(f"{k} {v}" for k, v in hw.items() if v is not None))
+    if args.profile:
+        hw["roofline"] = bench.machine_roofline(device)
+    console.print("hardware: " + ", ".join(f"{k} {v}" for k, v in hw.items() if v is not None and k != "roofline"))
+    if args.profile:
+        roof = hw["roofline"]
+        console.print(f"machine ceilings: fp32 matrix product {roof['matmul_gflops_per_s']:.1f} GFLOP/s, "
+                      f"memory copy {roof['copy_gb_per_s']:.1f} GB/s (read + write)")
     say = (lambda msg: console.print(f"[dim]... {msg}[/dim]"))
     items = ([{"kind": "inference", "size": list(s), "path": p} for s in sizes for p in paths]
              + [{"kind": "meta", "task": t, "method": m} for t in tasks for m in methods])
@@ -199,6 +230,9 @@ def run(args: argparse.Namespace) -> int:
                       _fmt(r["peak_mb"], 5), phases)
         console.print(t)
         console.print("sizes: " + "; ".join(sorted({f"{r['task']}: {r['shape']}" for r in results["meta"]})))
+    for r in rows:
+        if "profile" in r:
+            _print_profile(console, r)
     if args.data:
         results["data"] = bench.bench_data(args.data, args.data_root, progress=say)
         t = Table(title=f"data loading: {args.data}, one training batch (1 pair + swap, crop 256, task 240x320)")
