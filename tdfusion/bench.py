@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .chunked import fuse_banded, plan_bands
+from .hostinfo import cpu_model
 from .nets import FusionNet
 
 __all__ = ["hardware", "bench_inference", "bench_meta", "bench_data", "MemoryPeak", "profile_breakdown",
@@ -34,20 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Environment
 # ---------------------------------------------------------------------------------------
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def hardware(device: torch.device) -> dict[str, Any]:
     """What the figures were measured on."""
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -21,15 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from ..hostinfo import cpu_model
 
 
 def _hardware() -> str:
@@ -38,7 +30,7 @@ def _hardware() -> str:
 
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (f"CPU: {_cpu_name()} ({os.cpu_count()} logical CPUs, {affinity} usable; "
+    return (f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs, {affinity} usable; "
             f"load average {load} at start: other processes compete for the cores)\n"
             f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
             f"OpenCV {cv2.__version__}, scikit-image {skimage.__version__}, OS {platform.platform()}")
