@@ -95,6 +95,16 @@ def build_task(task_cfg: dict, dataset: PairDataset | None = None):
         cfg["num_classes"] = len(classes)
     if "class_names" in cls.defaults and cfg.get("class_names") is None and classes:
         cfg["class_names"] = classes
+    # The dataset's label convention is the one the labels were checked against: a task
+    # that ignored another value would train on (or score) pixels the dataset marks void.
+    if "ignore_index" in cls.defaults and hasattr(dataset, "ignore_index"):
+        if "ignore_index" not in cfg:
+            cfg["ignore_index"] = dataset.ignore_index
+        elif cfg["ignore_index"] != dataset.ignore_index:
+            raise TDFusionError(
+                f"task.ignore_index {cfg['ignore_index']} differs from the dataset's ignore_index "
+                f"{dataset.ignore_index} ({getattr(dataset, 'name', type(dataset).__name__)}): set one value "
+                f"for both, or leave task.ignore_index out to take the dataset's")
     try:
         return cls(cfg)
     except ValueError as exc:

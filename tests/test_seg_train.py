@@ -160,3 +160,20 @@ def test_train_reports_a_bad_label_as_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1] == f"error: {label}: label value(s) 9 outside the class range 0..4 or 255 (ignore)"
+
+
+def test_the_task_ignores_the_label_value_the_dataset_ignores(synth_root, capsys):
+    ds = build_dataset("seg_folder", str(synth_root), "test", classes=list(SEG_CLASSES), ignore_index=0)
+    assert build_task({"name": "seg"}, ds).config["ignore_index"] == 0
+    # An explicit, different task value would train on pixels the dataset marks void.
+    from tdfusion.errors import TDFusionError
+
+    with pytest.raises(TDFusionError, match="task.ignore_index 255 differs from the dataset's ignore_index 0"):
+        build_task({"name": "seg", "ignore_index": 255}, ds)
+    # From the command line: one line, exit status 2, before anything is trained.
+    rc = main(["train", "--task", "seg", "--dataset", "seg_folder", "--data-root", str(synth_root),
+               "--out", str(synth_root.parent / "run_ignore"), "--device", "cpu", *SMALL,
+               "dataset.options.ignore_index=0", "task.ignore_index=255"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "differs from the dataset's ignore_index 0" in err[0]
+    assert not (synth_root.parent / "run_ignore" / "last.pt").exists()
