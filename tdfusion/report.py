@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from .errors import TDFusionError
-from .io import write_image
+from .io import file_umask, write_image
 from .metrics.evaluate import METRIC_NAMES
 from .metrics.folders import csv_text
 
@@ -247,10 +247,9 @@ def write_report(out: str | os.PathLike, entries: Iterable[ReportEntry], *,
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
     """Rename ``tmp`` to ``out``; an existing (checked) ``out`` is moved aside first."""
-    # mkdtemp/atomic_write create private (0700/0600) entries; a report is meant to be
+    # mkdtemp creates a private (0700) folder; a report is meant to be
     # shared, so give it the modes of ordinarily created files.
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = file_umask()
     for root, dirs, files in os.walk(tmp):
         for d in dirs:
             os.chmod(os.path.join(root, d), 0o777 & ~umask)

@@ -265,6 +265,28 @@ def test_atomic_write_success(tmp_path):
     assert os.listdir(target.parent) == ["x.bin"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_write_gives_the_mode_open_gives(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        (tmp_path / "plain.bin").write_bytes(b"x")  # the reference: an ordinary open()
+        with atomic_write(tmp_path / "atomic.bin") as fh:
+            fh.write(b"x")
+    finally:
+        os.umask(old)
+    mode = lambda p: p.stat().st_mode & 0o7777  # noqa: E731
+    assert mode(tmp_path / "atomic.bin") == mode(tmp_path / "plain.bin")
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    with atomic_write(target) as fh:
+        fh.write(b"new")
+    assert target.stat().st_mode & 0o7777 == 0o640 and target.read_bytes() == b"new"
+
+
 @pytest.mark.parametrize("exc", [ValueError, KeyboardInterrupt])
 def test_atomic_write_failure_leaves_nothing(tmp_path, exc):
     target = tmp_path / "x.bin"
