@@ -112,6 +112,29 @@ def test_grey_pair_values_minmax_and_none(net_and_ckpt, tmp_path):
     assert none.max() - none.min() < 200
 
 
+def test_bfloat16_precision_stays_near_float32(net_and_ckpt, tmp_path):
+    net, ckpt = net_and_ckpt
+    ga, gb = _grey(7), _grey(8)
+    _save(tmp_path / "a.png", ga)
+    _save(tmp_path / "b.png", gb)
+    raw = _expected_raw(net, ga / 255.0, gb / 255.0)  # float32 module, whole image
+    assert _fuse(ckpt, tmp_path / "a.png", tmp_path / "b.png", tmp_path / "bf", "--raw",
+                 "--precision", "bfloat16") == 0
+    low = np.load(tmp_path / "bf" / "a.raw.npy")
+    assert low.dtype == np.float32 and low.shape == (H, W)
+    # bfloat16 keeps 8 significant bits: about 4e-3 relative per rounding.
+    assert 0 < np.abs(low - raw).max() < 2e-2
+
+
+def test_float16_precision_needs_a_gpu(net_and_ckpt, tmp_path, capsys):
+    _, ckpt = net_and_ckpt
+    _save(tmp_path / "a.png", _grey(0))
+    _save(tmp_path / "b.png", _grey(1))
+    assert _fuse(ckpt, tmp_path / "a.png", tmp_path / "b.png", tmp_path / "h", "--precision", "float16") == 2
+    assert capsys.readouterr().err.strip() == "error: --precision float16 needs a CUDA device; use bfloat16 on CPU"
+    assert not (tmp_path / "h").exists()
+
+
 def test_colour_restored_from_the_colour_source(net_and_ckpt, tmp_path):
     _, ckpt = net_and_ckpt
     ga, cb = _grey(5), _colour(6)

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "forward), plain (the unoptimised formulation); comma-separated")
     p.add_argument("--max-memory", default=None, metavar="SIZE", help="memory bound for the banded path, e.g. 4G")
     p.add_argument("--chunk-rows", type=int, default=None, metavar="N", help="rows per band for the banded path")
+    p.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="the network's arithmetic for inference figures (as tdfusion fuse --precision)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="fusion network to time (default: the ReFusion architecture, random weights: "
                         "same cost)")
@@ -107,7 +109,8 @@ def _measure(item: dict, args: argparse.Namespace, device, say) -> list[dict]:
     if item["kind"] == "inference":
         net = _network(args, device)
         return bench.bench_inference(net, [tuple(item["size"])], device, args.warmup, args.repeats, (item["path"],),
-                                     args.chunk_rows, args.max_memory, progress=say, profile_top=args.profile)
+                                     args.chunk_rows, args.max_memory, dtype=getattr(torch, args.precision),
+                                     progress=say, profile_top=args.profile)
     return bench.bench_meta(item["task"], device, args.warmup, args.repeats, (item["method"],), progress=say,
                             profile_top=args.profile)
 
@@ -132,7 +135,8 @@ def _in_child(item: dict, args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/rows.json"
         argv = [sys.executable, "-m", "tdfusion", "bench", "--item", json.dumps(item), "--json", out,
-                "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--profile", str(args.profile)]
+                "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--profile", str(args.profile),
+                "--precision", args.precision]
         for flag, value in (("--device", args.device), ("--threads", args.threads), ("--max-memory", args.max_memory),
                             ("--chunk-rows", args.chunk_rows), ("--checkpoint", args.checkpoint)):
             if value is not None:
@@ -212,11 +216,11 @@ def run(args: argparse.Namespace) -> int:
 
     if results["inference"]:
         t = Table(title="inference: one pair")
-        for col in ("size", "path", "median s", "min s", "pairs/s", "GFLOP/s", "peak MiB", "start MiB", "bands"):
-            t.add_column(col, justify="left" if col in ("size", "path") else "right")
+        for col in ("size", "path", "dtype", "median s", "min s", "pairs/s", "GFLOP/s", "peak MiB", "start MiB", "bands"):
+            t.add_column(col, justify="left" if col in ("size", "path", "dtype") else "right")
         for r in results["inference"]:
             bands = f"{r['bands']}x{r['band_rows']}" if "bands" in r else "-"
-            t.add_row(r["size"], r["path"], _fmt(r["median_s"]), _fmt(r["min_s"]), _fmt(r["pairs_per_s"]),
+            t.add_row(r["size"], r["path"], r["dtype"], _fmt(r["median_s"]), _fmt(r["min_s"]), _fmt(r["pairs_per_s"]),
                       _fmt(r["gflops_per_s"]), _fmt(r["peak_mb"], 5), _fmt(r["start_mb"], 5), bands)
         console.print(t)
     if results["meta"]:
