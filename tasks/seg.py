@@ -343,8 +343,14 @@ def segmentation_metrics(confusion: torch.Tensor | np.ndarray, class_names: Sequ
 class SegmentationEvaluator(Evaluator):
     """Accumulates a confusion matrix over batches; :meth:`compute` gives :func:`segmentation_metrics`.
 
-    ``update(pred, batch)``: ``pred`` ``(B, H, W)`` class ids, ``batch["mask"]`` ``(B, H', W')``.
-    If the sizes differ the prediction is resized to the label (nearest neighbour).
+    ``update(predictions, batch)`` against ``batch["mask"]`` ``(B, H, W)`` at the labels'
+    native size, with ``predictions`` either
+
+    * class scores ``(B, K, h, w)`` (floating point; what :meth:`SegmentationTask.predict`
+      returns): upsampled bilinearly to ``(H, W)``, then the arg-max, as SegFormer and
+      mmsegmentation evaluate (a class map computed at the task input size and enlarged
+      would put every boundary on the coarser grid), or
+    * class maps ``(B, h, w)`` (integer): resized to ``(H, W)`` by nearest neighbour.
     """
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None, ignore_index: int | None = 255):
@@ -358,12 +364,19 @@ class SegmentationEvaluator(Evaluator):
 
     def update(self, predictions: torch.Tensor, batch: Mapping[str, Any]) -> None:
         target = batch["mask"]
-        if target.dim() == predictions.dim() - 1:  # a single image
+        if target.dim() == 2:  # a single image
             target = target[None]
-        if tuple(predictions.shape[-2:]) != tuple(target.shape[-2:]):
-            predictions = F.interpolate(predictions[:, None].float(), size=tuple(target.shape[-2:]),
-                                        mode="nearest")[:, 0].long()
-        self.confusion += confusion_matrix(predictions, target, self.num_classes, self.ignore_index)
+        size = tuple(target.shape[-2:])
+        if predictions.is_floating_point():
+            scores = predictions if predictions.dim() == 4 else predictions[None]
+            predictions = upsample_logits(scores.float(), size).argmax(dim=1)
+        else:
+            if predictions.dim() == 2:
+                predictions = predictions[None]
+            if tuple(predictions.shape[-2:]) != size:
+                predictions = F.interpolate(predictions[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        self.confusion += confusion_matrix(predictions.to(target.device), target, self.num_classes,
+                                           self.ignore_index)
 
     def compute(self) -> dict[str, Any]:
         return segmentation_metrics(self.confusion, self.class_names, self.ignore_index)
@@ -476,9 +489,15 @@ class SegmentationTask(TaskHead):
     # -- evaluation -------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, net: nn.Module, fused: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W)`` int64 class ids at the fused image's size (the mode of ``net`` is the caller's)."""
-        logits = net(self.adapt_input(fused)).logits
-        return upsample_logits(logits, fused.shape[-2:]).argmax(dim=1)
+        """Class scores ``(B, K, H/4, W/4)`` for fused ``(B, 1, H, W)``, what :meth:`evaluator` consumes
+        (it upsamples them to each label's size). The mode of ``net`` is the caller's."""
+        return net(self.adapt_input(fused)).logits
+
+    @torch.no_grad()
+    def classify(self, net: nn.Module, fused: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+        """``(B, H, W)`` int64 class ids at ``size`` (default: the fused image's size)."""
+        size = tuple(fused.shape[-2:]) if size is None else tuple(size)
+        return upsample_logits(self.predict(net, fused), size).argmax(dim=1)
 
     def evaluator(self) -> SegmentationEvaluator:
         return SegmentationEvaluator(self.num_classes, self.config["class_names"], self.config["ignore_index"])

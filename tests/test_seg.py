@@ -110,9 +110,11 @@ def test_logits_at_quarter_resolution_and_predict_at_input_size():
     fused = torch.rand(2, 1, 32, 48)
     logits = task.forward(net, _params(net), fused)
     assert logits.shape == (2, 3, 8, 12)
-    pred = task.predict(net, fused)
+    assert torch.equal(task.predict(net, fused), logits)  # scores, for the evaluator
+    pred = task.classify(net, fused)
     assert pred.shape == (2, 32, 48) and pred.dtype == torch.int64
     assert torch.equal(pred, upsample_logits(logits, (32, 48)).argmax(1))
+    assert task.classify(net, fused, (64, 96)).shape == (2, 64, 96)
 
 
 def test_input_gradient_matches_finite_differences():
@@ -269,7 +271,7 @@ def test_loads_its_own_state_dict(tmp_path):
         warnings.simplefilter("error")
         net2 = task2.build_network().eval()
     x = torch.rand(1, 1, 32, 32)
-    assert torch.equal(task.predict(net, x), task2.predict(net2, x))
+    assert torch.equal(task.classify(net, x), task2.classify(net2, x))
     assert torch.equal(net(x).logits, net2(x).logits)
 
 
@@ -409,14 +411,31 @@ def test_evaluator_resizes_predictions_to_the_label_and_rejects_bad_labels():
     assert empty["mIoU"] is None and empty["pixel_acc"] is None
 
 
+def test_evaluator_upsamples_class_scores_to_the_label_bilinearly():
+    """Scores at a quarter of the label size are compared as OpenCV's bilinear resize of each
+    class's score map (half-pixel centres, as align_corners=False) followed by the arg-max."""
+    import cv2
+
+    torch.manual_seed(3)
+    scores = torch.randn(2, 4, 6, 8)
+    target = torch.randint(0, 4, (2, 24, 32))
+    ev = SegmentationEvaluator(4)
+    ev.update(scores, {"mask": target})
+    up = np.stack([np.stack([cv2.resize(scores[b, k].numpy(), (32, 24), interpolation=cv2.INTER_LINEAR)
+                             for k in range(4)]) for b in range(2)])
+    expected = up.argmax(1)
+    assert (expected != np.repeat(np.repeat(expected[:, ::4, ::4], 4, 1), 4, 2)).any()  # not a nearest map
+    assert ev.compute()["pixel_acc"] == pytest.approx((expected == target.numpy()).mean())
+
+
 def test_task_evaluator_end_to_end_on_a_batch():
     task = _tiny_task(k=3, class_names=["x", "y", "z"])
     net = task.build_network().eval()
     fused = torch.rand(2, 1, 32, 32)
     mask = torch.randint(0, 3, (2, 32, 32))
     ev = task.evaluator()
-    pred = task.predict(net, fused)
-    ev.update(pred, {"mask": mask})
+    ev.update(task.predict(net, fused), {"mask": mask})
     r = ev.compute()
     assert set(r["per_class"]) == {"x", "y", "z"}
+    pred = task.classify(net, fused)
     assert r["pixel_acc"] == pytest.approx((pred == mask).double().mean().item())

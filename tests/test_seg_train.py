@@ -95,7 +95,7 @@ def test_train_seg_on_synthetic_then_eval(tmp_path):
     with torch.no_grad():
         for i in range(3):
             batch = collate([eval_view(test_set[i], (64, 80))])
-            preds.append(task.predict(net, fusion(batch["a"], batch["b"])).numpy())
+            preds.append(task.classify(net, fusion(batch["a"], batch["b"]), batch["mask"].shape[-2:]).numpy())
             masks.append(batch["mask"].numpy())
     ref = _reference_miou(np.concatenate(preds), np.concatenate(masks), len(SEG_CLASSES))
     assert result["mIoU"] == pytest.approx(ref, abs=1e-9)
