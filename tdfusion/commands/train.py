@@ -143,7 +143,10 @@ def _print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"run {summary['run']}: {summary['epochs']} epochs, {summary['global_steps']} steps")
+    # The heading is printed on its own line: as a table title it wraps to the table's width.
+    print(f"run {summary['run']}: {summary['epochs']} epochs, {summary['global_steps']} steps "
+          "(last epoch's mean losses, test metrics)")
+    table = Table()
     table.add_column("what")
     table.add_column("value", justify="right")
     for section in ("last_epoch_meta", "last_epoch_fusion"):
