@@ -11,26 +11,39 @@ import importlib
 import sys
 
 from . import __version__
+from .commands import SUMMARY
 from .errors import TDFusionError
 
 # Order = order in ``tdfusion --help``.
-COMMANDS = ("fuse", "synth", "train", "eval", "compare", "metrics", "report", "data", "convert", "bench")
+COMMANDS = tuple(SUMMARY)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; given ``argv``, only the command it names is imported.
+
+    Command modules import torch and the task libraries (seconds); ``tdfusion --help``
+    and a misspelt command need none of them, so the other commands get a stub parser
+    that carries only their one-line summary.
+    """
     parser = argparse.ArgumentParser(
         prog="tdfusion",
         description="Task-driven multi-modal image fusion (TDFusion, CVPR 2025; ReFusion, IJCV 2024).",
+        epilog="Run 'tdfusion COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"tdfusion {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), None)
     for name in COMMANDS:
-        importlib.import_module(f"tdfusion.commands.{name}").register(sub)
+        if argv is None or name == chosen:
+            importlib.import_module(f"tdfusion.commands.{name}").register(sub)
+        else:
+            sub.add_parser(name, help=SUMMARY[name])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -1,1 +1,19 @@
-"""Subcommands of the ``tdfusion`` command line (see :mod:`tdfusion.cli`)."""
+"""Subcommands of the ``tdfusion`` command line (see :mod:`tdfusion.cli`).
+
+Each ``<name>.py`` exposes ``register(subparsers)``. ``SUMMARY`` (order = order in
+``tdfusion --help``) lets the top-level help list every command without importing any
+of them (and torch with them).
+"""
+
+SUMMARY = {
+    "fuse": 'fuse image pairs with a checkpoint',
+    "synth": 'generate the synthetic infrared/visible dataset',
+    "train": 'train a fusion network with a task-driven learnable loss',
+    "eval": 'evaluate a downstream task on fused images and baselines',
+    "compare": "retrain the task network per source and compare (papers' protocol)",
+    "metrics": 'fusion quality metrics (EN SD SF AG MI SCD VIF Qabf SSIM) of one or more methods',
+    "report": "visual HTML report: sources, each method's result, metrics",
+    "data": 'list datasets, check a dataset folder',
+    "convert": 'convert annotations (VOC XML -> YOLO txt)',
+    "bench": 'measure inference and meta-iteration speed and memory',
+}

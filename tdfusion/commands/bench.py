@@ -10,6 +10,7 @@ import torch
 from ..device import resolve_device
 from ..errors import TDFusionError
 from ..io import atomic_write
+from . import SUMMARY
 
 EPILOG = """\
 examples:
@@ -26,7 +27,7 @@ the load average printed in the header: other processes slow every figure down.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure inference and meta-iteration speed and memory",
+    p = sub.add_parser("bench", help=SUMMARY["bench"],
                        description="Benchmark fusion inference (several sizes) and one meta iteration "
                                    "per task; prints the hardware, medians, GFLOP/s and peak memory.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -5,6 +5,7 @@ import argparse
 
 from ..errors import TDFusionError
 from .eval import add_common, build_split, emit, eval_config, folder_names
+from . import SUMMARY
 
 EPILOG = """\
 For each source (ir, vis, the fused images of each --checkpoint, each --fused folder)
@@ -19,7 +20,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="retrain the task network per source and compare (papers' protocol)",
+    p = sub.add_parser("compare", help=SUMMARY["compare"],
                        description="Retrain-per-source comparison of fusion methods on a downstream task.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", nargs="*", default=[], metavar="PATH",

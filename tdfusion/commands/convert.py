@@ -14,12 +14,13 @@ from rich.table import Table
 from ..data.det import DEFAULT_TOLERANCE, LLVIP_CLASSES, M3FD_CLASSES, MSRS_DET_CLASSES, read_class_names
 from ..data.det import read_split_list, voc_to_yolo
 from ..errors import TDFusionError
+from . import SUMMARY
 
 PRESETS = {"m3fd": M3FD_CLASSES, "llvip": LLVIP_CLASSES, "msrs_det": MSRS_DET_CLASSES}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert annotations (VOC XML -> YOLO txt)",
+    p = sub.add_parser("convert", help=SUMMARY["convert"],
                        description="Annotation converters.")
     conv = p.add_subparsers(dest="converter", metavar="CONVERTER", required=True)
     v = conv.add_parser(

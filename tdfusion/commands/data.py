@@ -21,6 +21,7 @@ from rich.table import Table
 from ..data import available_datasets, build_dataset
 from ..errors import TDFusionError
 from ..progress import progress_bar
+from . import SUMMARY
 
 EPILOG = """\
 examples:
@@ -39,7 +40,7 @@ MAX_PROBLEMS_SHOWN = 20
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="list datasets, check a dataset folder",
+    p = sub.add_parser("data", help=SUMMARY["data"],
                        description="Inspect the datasets tdfusion can train and evaluate on.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import TDFusionError
+from . import SUMMARY
 
 EPILOG = """\
 examples:
@@ -22,7 +23,7 @@ every source under "sources".
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a downstream task on fused images and baselines",
+    p = sub.add_parser("eval", help=SUMMARY["eval"],
                        description="Score the task network of a checkpoint on fused images and baselines.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)

@@ -15,6 +15,7 @@ from ..errors import TDFusionError
 from ..inference import fuse_images, to_integer
 from ..io import Image, atomic_write, image_size, match_pairs, read_image, write_image
 from ..progress import progress_bar
+from . import SUMMARY
 
 EPILOG = """\
 examples:
@@ -28,7 +29,7 @@ Pairs are matched by file stem (ir/00001.png <-> vis/00001.jpg). Outputs are
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "fuse", help="fuse image pairs with a checkpoint",
+        "fuse", help=SUMMARY["fuse"],
         description="Fuse two images, or two folders of images paired by file stem.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="PATH",

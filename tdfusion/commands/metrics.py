@@ -13,6 +13,7 @@ from ..errors import TDFusionError
 from ..metrics.evaluate import METRIC_NAMES, mean_metrics
 from ..metrics.folders import MethodInput, evaluate_jobs, plan_jobs, write_csv, write_json
 from ..progress import progress_bar
+from . import SUMMARY
 
 EPILOG = """\
 examples:
@@ -29,7 +30,7 @@ Conventions and references: docs/metrics.md.
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "metrics", help="fusion quality metrics (EN SD SF AG MI SCD VIF Qabf SSIM) of one or more methods",
+        "metrics", help=SUMMARY["metrics"],
         description="Score fused images against their two sources and compare methods.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_arguments(p)

@@ -13,6 +13,7 @@ from ..metrics.folders import Job, plan_jobs
 from ..progress import progress_bar
 from ..report import ReportEntry, check_destination, write_report
 from .metrics import add_input_arguments, compute, method_inputs
+from . import SUMMARY
 
 EPILOG = """\
 examples:
@@ -28,7 +29,7 @@ The folder is written atomically and holds everything the page shows.
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "report", help="visual HTML report: sources, each method's result, metrics",
+        "report", help=SUMMARY["report"],
         description="Write a self-contained report folder (index.html + PNG sheets) comparing methods.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_arguments(p)

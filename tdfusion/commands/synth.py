@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 
 from ..synthetic import DET_CLASSES, SEG_CLASSES, write_dataset
+from . import SUMMARY
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "synth", help="generate the synthetic infrared/visible dataset",
+        "synth", help=SUMMARY["synth"],
         description="Write deterministic synthetic road scenes: <out>/{train,test}/{ir,vi,label,labels} "
                     f"and data.yaml. Segmentation classes: {', '.join(SEG_CLASSES)}; "
                     f"detection classes: {', '.join(DET_CLASSES)}.")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config import apply_overrides, find_recipe, load_config, set_key, validate
 from ..errors import TDFusionError
+from . import SUMMARY
 
 EPILOG = """\
 examples:
@@ -25,7 +26,7 @@ per process. Ctrl-C (or SIGTERM) saves last.pt and exits; --resume continues fro
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a fusion network with a task-driven learnable loss",
+    p = sub.add_parser("train", help=SUMMARY["train"],
                        description="Meta-learn the fusion loss for a downstream task (TDFusion / ReFusion "
                                    "Algorithm 1) and train the fusion and task networks.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
