@@ -28,6 +28,7 @@ This module knows nothing about a particular task: the task enters through
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -36,6 +37,16 @@ from torch.func import functional_call, jvp
 
 from .engine import LossSettings, Params, fixed_weights, task_inner_update, task_objective, trainable
 from .losses import fusion_loss
+
+with warnings.catch_warnings():
+    # torch builds its forward-mode decompositions with torch.jit.script when the module is
+    # first imported (by the first jvp), and torch itself warns that this is deprecated:
+    # a FutureWarning in every training run that no user can act on. Import it quietly.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+    try:
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
+    except ImportError:  # a torch without it builds nothing at import time
+        pass
 
 __all__ = ["meta_gradient_jvp"]
 
