@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -112,7 +113,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise TDFusionError(f"{path}: no such checkpoint file")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # Garbage bytes can look like an odd pickle protocol to torch, which then warns
+            # before it fails: the one-line error below says all there is to say.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TDFusionError(f"{path}: not a readable checkpoint ({reason})") from None

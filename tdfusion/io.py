@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -109,7 +110,11 @@ def pil_open(path: str | os.PathLike):
     from PIL import Image as PILImage, UnidentifiedImageError
 
     try:
-        return PILImage.open(path)
+        with warnings.catch_warnings():
+            # A damaged TIFF header makes Pillow warn before it fails (or reads the pixels
+            # anyway): the caller's one-line error, or the image, is what matters.
+            warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
+            return PILImage.open(path)
     except ImportError:
         raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
 
