@@ -135,7 +135,9 @@ def plan_bands(net: FusionNet, height: int, width: int, band_rows: int | None = 
       expected memory (resident buffers + band workspace) fits, but not taller than the
       default speed-oriented band on CPU. Raises :class:`TDFusionError` when even a
       one-row band does not fit.
-    * neither: :func:`default_band_rows` on CPU, the whole image as one band on GPU.
+    * neither: :func:`default_band_rows` on CPU; on GPU the whole image as one band, or
+      the tallest band that fits in 80% of the GPU's free memory when the whole image
+      does not (a clear error when not even one row fits).
     """
     resident = resident_bytes(net, height, width, itemsize)
     per_row = workspace_bytes_per_row(net, width, itemsize)
@@ -156,7 +158,28 @@ def plan_bands(net: FusionNet, height: int, width: int, band_rows: int | None = 
         rows = int(min(fits, preferred))
     else:
         rows = preferred
+        free = _free_gpu_bytes(device) if device.type == "cuda" else None
+        if free is not None:
+            budget = int(free * GPU_MEMORY_SHARE)
+            fits = (budget - resident) // per_row - 4
+            if fits < 1:
+                raise TDFusionError(
+                    f"a {width}x{height} image needs at least {_fmt_bytes(resident + per_row * 5)} of GPU "
+                    f"memory, {_fmt_bytes(free)} is free; use --device cpu (or free the GPU)")
+            rows = min(rows, fits)
     return BandPlan(max(1, min(rows, height)), height, width, resident, per_row)
+
+
+#: Share of the GPU's free memory the default plan may use (the rest: allocator slack,
+#: the caller's tensors, other processes' growth).
+GPU_MEMORY_SHARE = 0.8
+
+
+def _free_gpu_bytes(device: torch.device) -> int | None:
+    try:
+        return int(torch.cuda.mem_get_info(device)[0])
+    except (RuntimeError, AssertionError, ValueError):  # no CUDA runtime: nothing to bound
+        return None
 
 
 def _fmt_bytes(n: int) -> str:

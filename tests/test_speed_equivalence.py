@@ -175,6 +175,22 @@ def test_memory_bound_too_small_is_a_clear_error():
         parse_memory("lots")
 
 
+def test_gpu_default_plan_fits_the_free_memory(monkeypatch):
+    """No GPU here: torch's free-memory query is replaced, the planning logic is what runs."""
+    net = FusionNet()
+    free = {"bytes": 64 * 2 ** 30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 * 2 ** 30))
+    assert plan_bands(net, 480, 640, device="cuda").rows == 480  # fits: one band
+    free["bytes"] = 3 * 2 ** 30
+    plan = plan_bands(net, 3000, 4000, device="cuda")
+    assert 1 <= plan.rows < 3000 and plan.expected_bytes <= 0.8 * free["bytes"]
+    free["bytes"] = 2 ** 30
+    with pytest.raises(TDFusionError, match=r"4000x3000 image needs at least .* of GPU memory, 1.00 GiB is free"):
+        plan_bands(net, 3000, 4000, device="cuda")
+    # An explicit bound or band height is taken as given.
+    assert plan_bands(net, 3000, 4000, band_rows=10, device="cuda").rows == 10
+
+
 def test_parse_memory_units():
     assert parse_memory("4G") == 4 * 2 ** 30
     assert parse_memory("1.5GB") == 3 * 2 ** 29

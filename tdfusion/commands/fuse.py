@@ -79,8 +79,8 @@ def _check_sizes(pairs, resize_b: bool) -> None:
 
 
 def _check_memory(net, pairs, args: argparse.Namespace, device) -> None:
-    """Fail before writing anything if --max-memory/--chunk-rows cannot be met for a pair."""
-    if args.max_memory is None and args.chunk_rows is None:
+    """Fail before writing anything if a pair cannot fit --max-memory (or, on GPU, its free memory)."""
+    if args.max_memory is None and args.chunk_rows is None and device.type != "cuda":
         return
     for _, pa, _ in pairs:
         height, width = image_size(pa)
