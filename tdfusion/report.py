@@ -247,15 +247,9 @@ def write_report(out: str | os.PathLike, entries: Iterable[ReportEntry], *,
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
     """Rename ``tmp`` to ``out``; an existing (checked) ``out`` is moved aside first."""
-    # mkdtemp creates a private (0700) folder; a report is meant to be
-    # shared, so give it the modes of ordinarily created files.
-    umask = file_umask()
-    for root, dirs, files in os.walk(tmp):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o777 & ~umask)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o666 & ~umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    # mkdtemp creates a private (0700) folder; a report is meant to be shared. Everything
+    # inside it was created with ordinary modes (atomic_write included).
+    os.chmod(tmp, 0o777 & ~file_umask())
     if not out.exists():
         os.replace(tmp, out)
         return

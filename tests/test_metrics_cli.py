@@ -277,6 +277,17 @@ def test_report_is_self_contained(folders, capsys):
     assert not [p for p in folders.iterdir() if p.name.startswith(".rep.")], "temporary folder left behind"
 
 
+def test_report_gets_the_modes_of_ordinary_files(folders, capsys, tmp_path):
+    (tmp_path / "ref_dir").mkdir()  # the reference: what mkdir/open give under this umask
+    (tmp_path / "ref_file").write_text("x")
+    out = folders / "rep_modes"
+    code, _, err = _run(capsys, *_report(folders, out))
+    assert code == 0, err
+    mode = lambda p: p.stat().st_mode & 0o7777  # noqa: E731
+    assert mode(out) == mode(out / "sheets") == mode(tmp_path / "ref_dir")
+    assert {mode(p) for p in out.rglob("*") if p.is_file()} == {mode(tmp_path / "ref_file")}
+
+
 def test_report_replaces_previous_report_only(folders, capsys):
     out = folders / "rep"
     assert _run(capsys, *_report(folders, out, "--no-metrics"))[0] == 0

@@ -124,18 +124,17 @@ class SegPairDataset(PairListDataset):
             raise TDFusionError(f"{name}: empty class list")
         self.ignore_index = ignore_index
         self.dir_a, self.dir_b, self.dir_label = Path(dir_a), Path(dir_b), Path(dir_label)
-        pairs = self.pairs
         if not self.dir_label.is_dir():
             raise TDFusionError(f"{self.dir_label}: no such label folder")
         labels = list_images(self.dir_label)
-        stems = {s for s, _, _ in pairs}
-        for stem, pa, _ in pairs:
+        stems = set(self.stems)
+        for stem, pa, _ in self.pairs:
             if stem not in labels:
                 raise TDFusionError(f"{pa}: no label named {stem}.* in {self.dir_label}")
         for stem, pl in labels.items():
             if stem not in stems:
                 raise TDFusionError(f"{pl}: label without an image pair (no {stem}.* in {self.dir_a})")
-        self.labels = [labels[s] for s, _, _ in pairs]
+        self.labels = [labels[s] for s in self.stems]
         if check_sizes:
             for (_, pa, pb), pl in zip(self.pairs, self.labels):
                 sa = image_size(pa)
