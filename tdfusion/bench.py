@@ -124,14 +124,20 @@ def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padd
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
-def _count_flops(fn: Callable[[], Any]) -> float | None:
+def _flops_per_op(fn: Callable[[], Any]) -> dict[str, float] | None:
+    """FLOPs of one call of ``fn`` per operator (``aten.mm``, ...); None if they cannot be counted."""
     try:
         mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
         with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
             fn()
-        return float(counter.get_total_flops())
     except Exception:  # a kernel without a FLOP formula must not stop the benchmark
         return None
+    return {str(op): float(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+
+
+def _count_flops(fn: Callable[[], Any]) -> float | None:
+    per_op = _flops_per_op(fn)
+    return None if per_op is None else sum(per_op.values())
 
 
 def _row(times: list[float], flops: float | None) -> dict[str, Any]:
@@ -411,15 +417,9 @@ def profile_breakdown(fn: Callable[[], Any], device: torch.device, top: int = 12
     from torch.profiler import ProfilerActivity, profile
 
     flops: dict[str, float] = {}
-    try:
-        mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
-        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-            fn()
-        for op, n in counter.get_flop_counts().get("Global", {}).items():
-            cat = _op_category(str(op))
-            flops[cat] = flops.get(cat, 0.0) + float(n)
-    except Exception:  # a kernel without a FLOP formula: times only
-        flops = {}
+    for op, n in (_flops_per_op(fn) or {}).items():  # None: times only
+        cat = _op_category(op)
+        flops[cat] = flops.get(cat, 0.0) + n
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         fn()
