@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import TDFusionError
-from .nets.blocks import RestormerBlock
+from .nets.blocks import RestormerBlock, mixing_from_stats, pointwise
 from .nets.fusion import AdaptiveFusion, FusionNet
 
 __all__ = [
@@ -60,8 +60,6 @@ __all__ = [
 #: 256x256: 0.27 s with 24 rows, 0.19-0.22 s with 128-256.
 DEFAULT_BAND_PIXELS = 49152
 MIN_BAND_ROWS = 8
-
-_NORM_EPS = 1e-12  # F.normalize's default, which the reference attention uses
 
 
 # ---------------------------------------------------------------------------------------
@@ -217,10 +215,6 @@ def _bands(height: int, rows: int) -> Iterator[tuple[int, int]]:
         yield r0, min(r0 + rows, height)
 
 
-def _pointwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """1x1 convolution ``(h, W, Cin) -> (h, W, Cout)`` as one matrix product."""
-    return F.linear(x, weight.flatten(1))
-
 
 def _conv3x3(x: torch.Tensor, weight: torch.Tensor, groups: int, pad_top: int, pad_bottom: int
              ) -> torch.Tensor:
@@ -243,9 +237,6 @@ def _conv3x3(x: torch.Tensor, weight: torch.Tensor, groups: int, pad_top: int, p
     return y.contiguous()
 
 
-def _layer_norm(x: torch.Tensor, norm) -> torch.Tensor:
-    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
-
 
 def _gram(x: torch.Tensor) -> torch.Tensor:
     """``(h, W, m) -> (m, m)`` float64 Gram matrix of the channels over the band's pixels.
@@ -261,40 +252,32 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
 class _AttentionStats:
     """Running sums, over bands, of what one transposed-attention map needs.
 
-    Per head: the Gram matrix ``sum_p q_i(p) k_j(p)`` and the squared norms
-    ``sum_p q_i(p)^2``, ``sum_p k_j(p)^2``; float64 so that summing many bands loses
-    nothing against the single float32 reduction of the unchunked network.
+    The products ``sum_p q_i(p) k_j(p)`` and the squared norms ``sum_p q_i(p)^2``,
+    ``sum_p k_j(p)^2``, in float64 so that summing many bands loses nothing against the
+    single float32 reduction of the unchunked network; the map itself is
+    :func:`~tdfusion.nets.blocks.mixing_from_stats`, as in the module.
     """
 
     def __init__(self, channels: int, heads: int, device: torch.device):
-        self.heads, self.c = heads, channels // heads
+        self.heads = heads
         f64 = dict(dtype=torch.float64, device=device)
-        self.gram = torch.zeros(heads, self.c, self.c, **f64)
+        self.qk = torch.zeros(channels, channels, **f64)
         self.q2 = torch.zeros(channels, **f64)
         self.k2 = torch.zeros(channels, **f64)
 
     def add(self, gram: torch.Tensor, q: slice, k: slice) -> None:
         """Add a band's contribution, given the Gram matrix ``X^T X`` of the band's
         channels ``X`` (see :func:`_gram`) and where ``q`` and ``k`` sit among them."""
-        qk = gram[q, k]
-        for h in range(self.heads):
-            rows = slice(h * self.c, (h + 1) * self.c)
-            self.gram[h] += qk[rows, rows]
+        self.qk += gram[q, k]
         diag = gram.diagonal()
         self.q2 += diag[q]
         self.k2 += diag[k]
 
     def mixing(self, temperature: torch.Tensor, proj: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``M = P @ blockdiag(softmax_h(temperature_h * qhat_h khat_h^T))``: ``(C, C)``.
-
-        ``qhat = q / max(|q|, eps)`` as in ``F.normalize``; ``P`` the 1x1 projection that
-        follows the attention.
-        """
-        qn = self.q2.sqrt().clamp_min(_NORM_EPS).view(self.heads, self.c, 1)
-        kn = self.k2.sqrt().clamp_min(_NORM_EPS).view(self.heads, 1, self.c)
-        logits = self.gram / (qn * kn) * temperature.double()
-        attn = logits.softmax(dim=-1)
-        return (proj.flatten(1).double() @ torch.block_diag(*attn)).to(dtype)
+        """``M = P @ blockdiag(softmax_h(temperature_h * qhat_h khat_h^T))``: ``(C_out, C)``."""
+        mix = mixing_from_stats(self.qk[None], self.q2[None], self.k2[None], temperature.double(),
+                                proj.double(), self.heads)
+        return mix[0].to(dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -327,7 +310,7 @@ def _restormer(x: torch.Tensor, blk: RestormerBlock, rows: int) -> None:
     stats = _AttentionStats(c, att.heads, x.device)
     for r0, r1 in _bands(height, rows):  # pass 1: attention statistics
         lo, hi = max(r0 - 1, 0), min(r1 + 1, height)
-        qk = _pointwise(_layer_norm(x[lo:hi], blk.norm1), w_qkv[:2 * c])
+        qk = pointwise(blk.norm1.forward_cl(x[lo:hi]), w_qkv[:2 * c])
         qk = _conv3x3(qk, w_dw[:2 * c], 2 * c, lo - (r0 - 1), (r1 + 1) - hi)
         stats.add(_gram(qk), slice(0, c), slice(c, 2 * c))
     mix = stats.mixing(att.temperature, att.proj.weight, x.dtype)
@@ -340,16 +323,16 @@ def _restormer(x: torch.Tensor, blk: RestormerBlock, rows: int) -> None:
         xb, lo = _halo_rows(x, r0, r1, carry)
         hi = lo + xb.shape[0]
         ya, yb = max(r0 - 1, 0), min(r1 + 1, height)
-        v = _pointwise(_layer_norm(xb, blk.norm1), w_qkv[2 * c:])
+        v = pointwise(blk.norm1.forward_cl(xb), w_qkv[2 * c:])
         v = _conv3x3(v, w_dw[2 * c:], c, lo - (ya - 1), (yb + 1) - hi)           # rows [ya, yb)
         y = torch.addmm(xb[ya - lo:yb - lo].reshape(-1, c), v.reshape(-1, c), mix.t())
         y = y.view(yb - ya, -1, c)
-        t = _layer_norm(y, blk.norm2)
+        t = blk.norm2.forward_cl(y)
         pt, pb = ya - (r0 - 1), (r1 + 1) - yb
         # Gate and value as separate contiguous tensors: GELU on a strided channel slice
         # runs a non-vectorised loop (3x slower, measured).
-        gate = _conv3x3(_pointwise(t, w_exp[:hidden]), w_exp_dw[:hidden], hidden, pt, pb)  # rows [r0, r1)
-        g = F.gelu(gate).mul_(_conv3x3(_pointwise(t, w_exp[hidden:]), w_exp_dw[hidden:], hidden, pt, pb))
+        gate = _conv3x3(pointwise(t, w_exp[:hidden]), w_exp_dw[:hidden], hidden, pt, pb)  # rows [r0, r1)
+        g = F.gelu(gate).mul_(_conv3x3(pointwise(t, w_exp[hidden:]), w_exp_dw[hidden:], hidden, pt, pb))
         out = torch.addmm(y[r0 - ya:r1 - ya].reshape(-1, c), g.reshape(-1, hidden), w_out.t())
         carry = xb[max(r1 - 2, 0) - lo:r1 - lo].clone()
         x[r0:r1] = out.view(r1 - r0, -1, c)
@@ -367,8 +350,8 @@ def _adaptive_fusion(joint: torch.Tensor, afm: AdaptiveFusion, rows: int) -> Non
     for r0, r1 in _bands(height, rows):
         lo, hi = max(r0 - 1, 0), min(r1 + 1, height)
         pt, pb = lo - (r0 - 1), (r1 + 1) - hi
-        qka = _conv3x3(_pointwise(xa[lo:hi], wa[:2 * c]), wa_dw[:2 * c], 2 * c, pt, pb)
-        qkb = _conv3x3(_pointwise(xb[lo:hi], wb[:2 * c]), wb_dw[:2 * c], 2 * c, pt, pb)
+        qka = _conv3x3(pointwise(xa[lo:hi], wa[:2 * c]), wa_dw[:2 * c], 2 * c, pt, pb)
+        qkb = _conv3x3(pointwise(xb[lo:hi], wb[:2 * c]), wb_dw[:2 * c], 2 * c, pt, pb)
         gram = _gram(torch.cat([qka, qkb], dim=-1))  # channels: qa, ka, qb, kb
         stats_a.add(gram, slice(2 * c, 3 * c), slice(c, 2 * c))
         stats_b.add(gram, slice(0, c), slice(3 * c, 4 * c))
@@ -386,8 +369,8 @@ def _adaptive_fusion(joint: torch.Tensor, afm: AdaptiveFusion, rows: int) -> Non
         hi = lo + jb.shape[0]
         ya, yb = max(r0 - 1, 0), min(r1 + 1, height)
         pt, pb = lo - (ya - 1), (yb + 1) - hi
-        va = _conv3x3(_pointwise(jb[..., :c], wa[2 * c:]), wa_dw[2 * c:], c, pt, pb)
-        vb = _conv3x3(_pointwise(jb[..., c:], wb[2 * c:]), wb_dw[2 * c:], c, pt, pb)
+        va = _conv3x3(pointwise(jb[..., :c], wa[2 * c:]), wa_dw[2 * c:], c, pt, pb)
+        vb = _conv3x3(pointwise(jb[..., c:], wb[2 * c:]), wb_dw[2 * c:], c, pt, pb)
         core = jb[ya - lo:yb - lo]
         # y = [xa + M_a va, xb + M_b vb], rows [ya, yb)
         y = torch.cat([torch.addmm(core[..., :c].reshape(-1, c), va.reshape(-1, c), mix_a.t()),
@@ -395,10 +378,10 @@ def _adaptive_fusion(joint: torch.Tensor, afm: AdaptiveFusion, rows: int) -> Non
         y = y.view(yb - ya, -1, c2)
         pt, pb = ya - (r0 - 1), (r1 + 1) - yb
         # rows [r0, r1); each gate computed on its own so that GELU runs on contiguous data
-        gate_a = _conv3x3(_pointwise(y, w_gate[:wide]), w_gate_dw[:wide], wide, pt, pb)
-        gate_b = _conv3x3(_pointwise(y, w_gate[wide:]), w_gate_dw[wide:], wide, pt, pb)
-        ea = _conv3x3(_pointwise(y[..., :c], w_ea), w_ea_dw, wide, pt, pb)
-        eb = _conv3x3(_pointwise(y[..., c:], w_eb), w_eb_dw, wide, pt, pb)
+        gate_a = _conv3x3(pointwise(y, w_gate[:wide]), w_gate_dw[:wide], wide, pt, pb)
+        gate_b = _conv3x3(pointwise(y, w_gate[wide:]), w_gate_dw[wide:], wide, pt, pb)
+        ea = _conv3x3(pointwise(y[..., :c], w_ea), w_ea_dw, wide, pt, pb)
+        eb = _conv3x3(pointwise(y[..., c:], w_eb), w_eb_dw, wide, pt, pb)
         ga = F.gelu(gate_a).mul_(ea).reshape(-1, wide)
         gb = F.gelu(gate_b).mul_(eb).reshape(-1, wide)
         out = torch.addmm(y[r0 - ya:r1 - ya].reshape(-1, c2), ga, w_pa.t())
