@@ -35,6 +35,7 @@ __all__ = [
     "channels_last_view",
     "conv3x3",
     "depthwise3x3",
+    "embed_and_encode",
     "from_channels_last",
     "mixing_from_stats",
     "pixel_gram",
@@ -315,3 +316,11 @@ class RestormerBlock(nn.Module):
         """``(B, H, W, C) -> (B, H, W, C)``."""
         x = self.attn.forward_cl(self.norm1.forward_cl(x), residual=x)
         return x + self.ffn.forward_cl(self.norm2.forward_cl(x))
+
+
+def embed_and_encode(x: torch.Tensor, embed: nn.Conv2d, blocks: nn.Sequential) -> torch.Tensor:
+    """A source branch: 3x3 embedding, then Restormer blocks, ``(B, C_in, H, W) -> (B, H, W, C)``."""
+    x = conv3x3(channels_last_view(x).contiguous(), embed.weight)
+    for blk in blocks:
+        x = blk.forward_cl(x)
+    return x

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import (ConvProjection, RestormerBlock, apply_mixing, channels_last_view, conv3x3, from_channels_last,
-                     mixing_from_stats, pixel_gram, pointwise)
+from .blocks import (ConvProjection, RestormerBlock, apply_mixing, channels_last_view, embed_and_encode,
+                     from_channels_last, mixing_from_stats, pixel_gram, pointwise)
 from .registry import register_model
 
 __all__ = ["AdaptiveFusion", "FusionNet"]
@@ -110,17 +110,9 @@ class FusionNet(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # Channels-last throughout (see tdfusion.nets.blocks); (B, 1, H, W) views at both ends.
-        xa = _encode(channels_last_view(a), self.embed_a, self.encoder_a)
-        xb = _encode(channels_last_view(b), self.embed_b, self.encoder_b)
+        xa = embed_and_encode(a, self.embed_a, self.encoder_a)
+        xb = embed_and_encode(b, self.embed_b, self.encoder_b)
         x = self.afm.forward_cl(xa, xb)
         for blk in self.decoder:
             x = blk.forward_cl(x)
         return torch.sigmoid(self.head(from_channels_last(x)))
-
-
-def _encode(x: torch.Tensor, embed: nn.Conv2d, blocks: nn.Sequential) -> torch.Tensor:
-    """3x3 embedding then Restormer blocks, ``(B, H, W, 1) -> (B, H, W, C)``."""
-    x = conv3x3(x.contiguous(), embed.weight)
-    for blk in blocks:
-        x = blk.forward_cl(x)
-    return x

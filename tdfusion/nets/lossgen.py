@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..ops import sobel_magnitude
-from .blocks import RestormerBlock, channels_last_view, conv3x3, from_channels_last
+from .blocks import RestormerBlock, channels_last_view, embed_and_encode, from_channels_last
 from .registry import register_model
 
 __all__ = ["LossGenerator"]
@@ -60,8 +60,8 @@ class LossGenerator(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # Channels-last throughout (see tdfusion.nets.blocks); (B, C, H, W) views at both ends.
-        xa = _encode(self._inputs(a), self.embed_a, self.encoder_a)
-        xb = _encode(self._inputs(b), self.embed_b, self.encoder_b)
+        xa = embed_and_encode(self._inputs(a), self.embed_a, self.encoder_a)
+        xb = embed_and_encode(self._inputs(b), self.embed_b, self.encoder_b)
         x = torch.cat([xa, xb], dim=-1)
         for blk in self.joint:
             x = blk.forward_cl(x)
@@ -70,11 +70,3 @@ class LossGenerator(nn.Module):
         # Channels are laid out [a, b] per pair; softmax across the source axis only.
         weights = logits.reshape(bsz, h, w, self.pairs, 2).softmax(dim=-1)
         return from_channels_last(weights.reshape(bsz, h, w, 2 * self.pairs))
-
-
-def _encode(x: torch.Tensor, embed: nn.Conv2d, blocks: nn.Sequential) -> torch.Tensor:
-    """3x3 embedding then Restormer blocks, ``(B, C_in, H, W) -> (B, H, W, C)``."""
-    x = conv3x3(channels_last_view(x).contiguous(), embed.weight)
-    for blk in blocks:
-        x = blk.forward_cl(x)
-    return x
