@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .chunked import fuse_banded, plan_bands
+from .losses import FUSION_LOSSES
 from .hostinfo import cpu_model
 from .nets import FusionNet
 
@@ -289,7 +290,7 @@ def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: i
     train_batch, test_batch = to_device(train_batch, device), to_device(test_batch, device)
     torch.manual_seed(0)
     fusion = create_model(**_arch(cfg["fusion"])).to(device)
-    lossgen = create_model(**_arch(cfg["lossgen"]), pairs=2 if cfg["loss"]["form"] == "refusion" else 1).to(device)
+    lossgen = create_model(**_arch(cfg["lossgen"]), pairs=FUSION_LOSSES[cfg["loss"]["form"]][1]).to(device)
     task = build_task(cfg["task"], ds)
     task_net = task.build_network().to(device).train()
     settings = engine.LossSettings(cfg["loss"]["form"], cfg["loss"]["alpha"], cfg["loss"]["intensity"],
@@ -455,18 +456,8 @@ def machine_roofline(device: torch.device) -> dict[str, float]:
     The ceilings against which the profile's categories are read: a category far below
     the matrix-product rate whose bytes moved are near the copy rate is memory-bound.
     """
-    def best(fn, repeats=5):
-        fn()
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
-        return min(times)
+    def best(fn):
+        return min(_timed(fn, device, warmup=1, repeats=5))
 
     n = 2048
     a = torch.randn(n, n, device=device)

@@ -17,3 +17,6 @@ SUMMARY = {
     "convert": 'convert annotations (VOC XML -> YOLO txt)',
     "bench": 'measure inference and meta-iteration speed and memory',
 }
+
+#: Arithmetic of the fusion network (``--precision`` of fuse and bench): torch dtype names.
+PRECISIONS = ("float32", "bfloat16", "float16")

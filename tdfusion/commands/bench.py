@@ -10,7 +10,7 @@ import torch
 from ..device import resolve_device
 from ..errors import TDFusionError
 from ..io import atomic_write
-from . import SUMMARY
+from . import PRECISIONS, SUMMARY
 
 EPILOG = """\
 examples:
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "forward), plain (the unoptimised formulation); comma-separated")
     p.add_argument("--max-memory", default=None, metavar="SIZE", help="memory bound for the banded path, e.g. 4G")
     p.add_argument("--chunk-rows", type=int, default=None, metavar="N", help="rows per band for the banded path")
-    p.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="the network's arithmetic for inference figures (as tdfusion fuse --precision)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="fusion network to time (default: the ReFusion architecture, random weights: "
@@ -130,7 +130,6 @@ def _network(args: argparse.Namespace, device):
 def _in_child(item: dict, args: argparse.Namespace) -> list[dict]:
     """Run one figure in a fresh interpreter: peak memory then belongs to that figure alone."""
     import subprocess
-    import sys
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

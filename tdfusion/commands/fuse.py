@@ -15,7 +15,7 @@ from ..errors import TDFusionError
 from ..inference import fuse_images, to_integer
 from ..io import Image, atomic_write, image_size, match_pairs, read_image, write_image
 from ..progress import progress_bar
-from . import SUMMARY
+from . import PRECISIONS, SUMMARY
 
 EPILOG = """\
 examples:
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "computed exactly in bands of rows sized to fit (default: no bound)")
     p.add_argument("--chunk-rows", type=int, default=None, metavar="N",
                    help="rows per band of the exact banded computation (overrides --max-memory)")
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="float32",
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="the network's arithmetic: float32 (default; reproduces the published outputs "
                         "within 1e-4), bfloat16 (CPU or GPU) or float16 (GPU only): half the memory, "
                         "faster on GPUs, and about 2e-3 (bfloat16) off float32 "
@@ -61,9 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, metavar="DEV",
                    help="torch device: cuda, cuda:1, cpu (default: cuda when available)")
     p.set_defaults(func=run)
-
-
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _check_sizes(pairs, resize_b: bool) -> None:
@@ -108,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     pairs = match_pairs(args.a, args.b)
     _check_sizes(pairs, args.resize_b)
     net, _ = load_fusion_net(args.checkpoint, device)
-    net = net.to(PRECISIONS[args.precision])
+    net = net.to(getattr(torch, args.precision))
     _check_memory(net, pairs, args, device)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
