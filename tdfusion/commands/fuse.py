@@ -13,7 +13,7 @@ from ..chunked import plan_bands
 from ..device import resolve_device
 from ..errors import TDFusionError
 from ..inference import fuse_images, to_integer
-from ..io import Image, atomic_write, image_size, match_pairs, read_image, write_image
+from ..io import Image, atomic_write, match_pairs, read_image, write_image
 from ..progress import progress_bar
 from . import PRECISIONS, SUMMARY
 
@@ -63,8 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _check_sizes(pairs, resize_b: bool) -> None:
-    """Fail before writing anything if a pair is unreadable or mismatched."""
+def _check_sizes(pairs, resize_b: bool) -> list[tuple[int, int]]:
+    """Fail before writing anything if a pair is unreadable or mismatched; the ``(H, W)`` of each A."""
+    sizes = []
     for _, pa, pb in pairs:
         # A full decode, not a header read: a truncated file has an intact header and
         # would otherwise fail only mid-run, after other pairs were written. Decoding
@@ -73,14 +74,15 @@ def _check_sizes(pairs, resize_b: bool) -> None:
         if sa != sb and not resize_b:
             raise TDFusionError(f"{pb}: size {sb[1]}x{sb[0]} differs from {pa} ({sa[1]}x{sa[0]}); "
                                 f"pass --resize-b to resample B")
+        sizes.append(sa)
+    return sizes
 
 
-def _check_memory(net, pairs, args: argparse.Namespace, device) -> None:
+def _check_memory(net, pairs, sizes, args: argparse.Namespace, device) -> None:
     """Fail before writing anything if a pair cannot fit --max-memory (or, on GPU, its free memory)."""
     if args.max_memory is None and args.chunk_rows is None and device.type != "cuda":
         return
-    for _, pa, _ in pairs:
-        height, width = image_size(pa)
+    for (_, pa, _), (height, width) in zip(pairs, sizes):
         try:
             plan_bands(net, height, width, args.chunk_rows, args.max_memory, device,
                        next(net.parameters()).element_size())
@@ -103,10 +105,10 @@ def run(args: argparse.Namespace) -> int:
         # CPU kernels for float16 are slow or missing; bfloat16 is the CPU's half precision.
         raise TDFusionError("--precision float16 needs a CUDA device; use bfloat16 on CPU")
     pairs = match_pairs(args.a, args.b)
-    _check_sizes(pairs, args.resize_b)
+    sizes = _check_sizes(pairs, args.resize_b)
     net, _ = load_fusion_net(args.checkpoint, device)
     net = net.to(getattr(torch, args.precision))
-    _check_memory(net, pairs, args, device)
+    _check_memory(net, pairs, sizes, args, device)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with progress_bar(len(pairs), "fusing", enabled=len(pairs) > 1) as advance:
