@@ -31,10 +31,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .losses import fusion_loss
+from .losses import FUSION_LOSSES, fusion_loss
 
 __all__ = [
-    "LossSettings", "Params", "fixed_weights", "fusion_objective", "inner_update", "meta_gradient",
+    "LossSettings", "Params", "fixed_weights", "fusion_objective", "loss_weights", "inner_update", "meta_gradient",
     "meta_objective", "params_of", "task_inner_update", "task_objective", "trainable",
 ]
 
@@ -75,6 +75,16 @@ def fixed_weights(a: torch.Tensor, pairs: int) -> torch.Tensor:
     return torch.full((a.shape[0], 2 * pairs, *a.shape[2:]), 0.5, dtype=a.dtype, device=a.device)
 
 
+def loss_weights(lossgen: nn.Module | None, g_params: Mapping[str, torch.Tensor] | None, a: torch.Tensor,
+                 b: torch.Tensor, settings: LossSettings, grad: bool = True) -> torch.Tensor:
+    """G's per-pixel weights for crops ``a``, ``b`` ``(B, 1, h, w)``, or the fixed 1/2 ones of
+    the ablation (or without G); ``grad=False`` computes them without a graph."""
+    if settings.fixed or lossgen is None:
+        return fixed_weights(a, FUSION_LOSSES[settings.form][1])
+    with torch.set_grad_enabled(grad):
+        return functional_call(lossgen, dict(g_params), (a, b))
+
+
 def fusion_objective(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor],
                      lossgen: nn.Module | None, g_params: Mapping[str, torch.Tensor] | None,
                      a: torch.Tensor, b: torch.Tensor, settings: LossSettings,
@@ -87,14 +97,7 @@ def fusion_objective(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor]
             in ``g_params`` (the inner update).
     """
     fused = functional_call(fusion_net, dict(f_params), (a, b))
-    if settings.fixed or lossgen is None:
-        pairs = 2 if settings.form == "refusion" else 1
-        weights = fixed_weights(a, pairs)
-    elif detach_weights:
-        with torch.no_grad():
-            weights = functional_call(lossgen, dict(g_params), (a, b))
-    else:
-        weights = functional_call(lossgen, dict(g_params), (a, b))
+    weights = loss_weights(lossgen, g_params, a, b, settings, grad=not detach_weights)
     out = fusion_loss(settings.form, fused, a, b, weights, settings.alpha, settings.intensity)
     return {**out, "fused": fused, "weights": weights}
 
@@ -180,7 +183,11 @@ def meta_gradient(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor], l
     if reduce_grads is not None:
         grads = reduce_grads(grads)
     grads_by_name = dict(zip(names, grads))
-    logs = {"loss_f": inner["loss"].item(), "loss_int": inner["int"].item(), "loss_grad": inner["grad"].item(),
+    return grads_by_name, meta_logs(inner, task_train_loss, outer)
+
+
+def meta_logs(inner: Mapping[str, torch.Tensor], task_train_loss, outer: torch.Tensor) -> dict[str, float]:
+    """The logged losses of one meta iteration (both meta-gradient formulations)."""
+    return {"loss_f": inner["loss"].item(), "loss_int": inner["int"].item(), "loss_grad": inner["grad"].item(),
             "loss_t_inner": float(task_train_loss), "loss_t_outer": float(outer.detach())}
-    return grads_by_name, logs
 

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from .engine import LossSettings, Params, fixed_weights, task_inner_update, task_objective, trainable
+from .engine import (LossSettings, Params, loss_weights, meta_logs, task_inner_update, task_objective,
+                     trainable)
 from .losses import fusion_loss
 
 with warnings.catch_warnings():
@@ -49,13 +50,6 @@ with warnings.catch_warnings():
         pass
 
 __all__ = ["meta_gradient_jvp"]
-
-
-def _fusion_weights(lossgen, g_params, a, b, settings: LossSettings, grad: bool) -> torch.Tensor:
-    if settings.fixed or lossgen is None:
-        return fixed_weights(a, 2 if settings.form == "refusion" else 1)
-    with torch.set_grad_enabled(grad):
-        return functional_call(lossgen, dict(g_params), (a, b))
 
 
 def meta_gradient_jvp(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor], lossgen: nn.Module,
@@ -79,7 +73,7 @@ def meta_gradient_jvp(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor
     # 1. inner gradient of F, first order; G's weights are constants here. G's graph is
     # kept for step 5 (cheaper than running G twice; it is a first-order graph).
     g_names = list(trainable(g_params))
-    weights = _fusion_weights(lossgen, g_params, a, b, settings, grad=bool(g_names))
+    weights = loss_weights(lossgen, g_params, a, b, settings, grad=bool(g_names))
     leaves = {n: frozen_f[n].clone().requires_grad_(True) for n in f_names}
     fused = functional_call(fusion_net, {**frozen_f, **leaves}, (a, b))
     inner = fusion_loss(settings.form, fused, a, b, weights.detach(), settings.alpha, settings.intensity)
@@ -132,9 +126,7 @@ def meta_gradient_jvp(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor
         grads = reduce_grads(grads)
     clock("lossgen")
 
-    logs = {"loss_f": inner["loss"].item(), "loss_int": inner["int"].item(), "loss_grad": inner["grad"].item(),
-            "loss_t_inner": float(task_train_loss), "loss_t_outer": float(outer.detach())}
-    return dict(zip(g_names, grads)), logs
+    return dict(zip(g_names, grads)), meta_logs(inner, task_train_loss, outer)
 
 
 class _Clock:

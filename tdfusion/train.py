@@ -418,8 +418,7 @@ class MetaTrainer:
             view = eval_view(sample, size)
             a, b = view["a"][None].to(self.device), view["b"][None].to(self.device)
             fused = self.fusion(a, b)
-            weights = (engine.fixed_weights(a, self.lossgen.pairs) if self.settings.fixed
-                       else self.lossgen(a, b))
+            weights = engine.loss_weights(self.lossgen, engine.params_of(self.lossgen), a, b, self.settings)
             panels = [(label, t[0, 0].float().cpu().numpy()) for label, t in (("A", a), ("B", b), ("fused", fused))]
             panels += [(name, weights[0, c].float().cpu().numpy())
                        for name, c in (("w_a", 0), ("v_a", 2)) if c < weights.shape[1]]
@@ -452,6 +451,7 @@ class MetaTrainer:
 
     def _write_report(self, samples, tiles, epoch: int) -> None:
         from .metrics import evaluate as fusion_metrics
+        from .metrics.evaluate import mean_metrics
         from .report import ReportEntry, write_report
 
         entries, per_image = [], {}
@@ -464,11 +464,7 @@ class MetaTrainer:
             if values:
                 per_image[stem] = values
             entries.append(ReportEntry(stem, shown, {"fused": values} if values else {}))
-        summary = None
-        if per_image:
-            names = list(next(iter(per_image.values())))
-            summary = {"fused": {"mean": {n: float(np.mean([v[n] for v in per_image.values()])) for n in names},
-                                 "per_image": per_image}}
+        summary = {"fused": {"mean": mean_metrics(per_image), "per_image": per_image}} if per_image else None
         notes = [f"epoch {epoch}/{self.cfg['train']['epochs']}, task {self.task.name}, "
                  f"dataset {self.cfg['dataset']['name']}; training pairs at the task input size",
                  "panels: sources A and B, the fused image, and the loss generator's weight for A "

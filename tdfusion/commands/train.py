@@ -104,9 +104,9 @@ def _resume_path(args: argparse.Namespace) -> Path:
     return path
 
 
-def run_dir_for(cfg: dict, resume_ckpt: Path | None, out: str | None = None) -> Path:
-    if resume_ckpt is not None:  # continue in the checkpoint's folder unless --out says otherwise
-        return Path(out) if out else resume_ckpt.parent
+def run_dir_for(cfg: dict, resume_ckpt: Path | None) -> Path:
+    if resume_ckpt is not None:  # continue in the checkpoint's folder, wherever it now is
+        return resume_ckpt.parent
     if cfg["run"]["out"]:
         base = Path(cfg["run"]["out"])
     else:
