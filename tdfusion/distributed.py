@@ -33,7 +33,7 @@ from .device import resolve_device
 from .errors import TDFusionError
 
 __all__ = [
-    "Topology", "all_true", "any_true", "average_gradients", "barrier", "broadcast_module_", "broadcast_object",
+    "Topology", "any_true", "average_gradients", "broadcast_module_", "broadcast_object",
     "broadcast_tensors_",
     "gather_objects", "is_main", "mean_tensors", "rank", "reduce_metrics", "setup", "shard", "teardown",
     "topology_from_env", "world_size",
@@ -139,11 +139,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def barrier() -> None:
-    if _active():
-        dist.barrier()
-
-
 def _comm_device(tensor: torch.Tensor | None = None) -> torch.device:
     # NCCL moves CUDA tensors only; Gloo handles CPU tensors.
     if _active() and dist.get_backend() == "nccl":
@@ -244,11 +239,6 @@ def any_true(flag: bool) -> bool:
     buf = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
     dist.all_reduce(buf, op=dist.ReduceOp.MAX)
     return bool(buf.item() > 0)
-
-
-def all_true(flag: bool) -> bool:
-    """True when ``flag`` is set on every process."""
-    return not any_true(not flag)
 
 
 # -- broadcasting ----------------------------------------------------------------------------
