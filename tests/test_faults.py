@@ -151,6 +151,14 @@ def test_reference_run_keeps_the_last_k_step_checkpoints_and_no_temp_files(refer
     assert _ckpt(reference / "last.pt")["train_state"]["position"]["global_step"] == STEPS
 
 
+def _resume_to_the_end_equals(run, reference):
+    """A last resume runs to the end and matches the uninterrupted run, weights and log."""
+    rc, _, err = _finish(_resume(run))
+    assert rc == 0, err[-2000:]
+    _assert_same_weights(_ckpt(run / "last.pt"), _ckpt(reference / "last.pt"))
+    _assert_log_complete(run, reference)
+
+
 def test_sigkill_mid_epoch_then_sigterm_then_resume(reference, tmp_path):
     run = tmp_path / "run"
     proc = _fresh(run)
@@ -170,10 +178,7 @@ def test_sigkill_mid_epoch_then_sigterm_then_resume(reference, tmp_path):
     assert _ckpt(run / "last.pt")["train_state"]["position"]["global_step"] == stopped_at  # nothing lost
     assert f"resume with --resume {run / 'last.pt'}" in out
 
-    rc, _, err = _finish(_resume(run))
-    assert rc == 0, err[-2000:]
-    _assert_same_weights(_ckpt(run / "last.pt"), _ckpt(reference / "last.pt"))
-    _assert_log_complete(run, reference)
+    _resume_to_the_end_equals(run, reference)
 
 
 def test_sigkill_while_writing_a_checkpoint_then_ctrl_c_then_resume(reference, tmp_path):
@@ -199,10 +204,7 @@ def test_sigkill_while_writing_a_checkpoint_then_ctrl_c_then_resume(reference, t
     state = _ckpt(run / "last.pt")["train_state"]
     assert state["position"]["global_step"] == stopped_at and "optimizers" in state
 
-    rc, _, err = _finish(_resume(run))
-    assert rc == 0, err[-2000:]
-    _assert_same_weights(_ckpt(run / "last.pt"), _ckpt(reference / "last.pt"))
-    _assert_log_complete(run, reference)
+    _resume_to_the_end_equals(run, reference)
 
 
 def test_non_finite_loss_stops_naming_step_and_batch_and_keeps_last_good_checkpoint(tmp_path, capsys):

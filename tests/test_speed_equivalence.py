@@ -32,13 +32,7 @@ from tdfusion.nets.reference import plain_fusion, plain_lossgen
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: on a shared 2-core machine extra threads only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomised(net: torch.nn.Module, seed: int, dtype=F64) -> torch.nn.Module:
