@@ -53,11 +53,10 @@ __all__ = [
 
 #: Pixels per band on CPU when neither a band height nor a memory bound is given
 #: (:func:`default_band_rows`). Bands are a trade: short ones pay per-operator overhead
-#: and recompute more halo rows, tall ones stream whole-image tensors through memory; the
-#: best height scales with 1/width. Measured on the project's VM (medians, interleaved
-#: runs): 640x480 0.98 s with 24-row bands, 0.84-0.93 s with 40-80, 1.43 s as one band;
-#: 4000x384: 4.75 s with 12-16 rows, 6.15 s with 48; 1280x1024: 48 rows 14% faster than 24;
-#: 256x256: 0.27 s with 24 rows, 0.19-0.22 s with 128-256.
+#: and recompute more halo rows, tall ones stream whole-image tensors through memory, so
+#: the height scales with 1/width. Measured against 24-row bands on the project's VM
+#: (interleaved runs, BENCHMARKS.md): 256x256 0.175 vs 0.206 s, 4000x384 4.75 vs 5.0 s
+#: (48 rows: 6.15 s); 640x480 and 1280x1024 equal within the machine's noise.
 DEFAULT_BAND_PIXELS = 49152
 MIN_BAND_ROWS = 8
 
