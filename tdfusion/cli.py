@@ -16,6 +16,8 @@ from .errors import TDFusionError
 
 # Order = order in ``tdfusion --help``.
 COMMANDS = tuple(SUMMARY)
+#: Commands that compute (torch or OpenCV): each takes ``--threads``, applied in :func:`main`.
+COMPUTING = frozenset(SUMMARY) - {"data", "convert"}
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -36,9 +38,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name in COMMANDS:
         if argv is None or name == chosen:
             importlib.import_module(f"tdfusion.commands.{name}").register(sub)
+            if name in COMPUTING:
+                add_threads_argument(sub.choices[name])
         else:
             sub.add_parser(name, help=SUMMARY[name])
     return parser
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """``--threads N`` (one option for every computing command; see :func:`tdfusion.device.set_threads`)."""
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="use at most N CPU threads (default: one per core, the fastest on an idle "
+                        "machine; on a machine shared with other jobs --threads 1 is often faster)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "threads", None) is not None:
+            from .device import set_threads
+
+            set_threads(args.threads)
         return int(args.func(args) or 0)
     except TDFusionError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ SUMMARY = {
     "data": 'list datasets, check a dataset folder',
     "convert": 'convert annotations (VOC XML -> YOLO txt)',
     "bench": 'measure inference and meta-iteration speed and memory',
+    "export": 'export the fusion network to ONNX or TorchScript',
 }
 
 #: Arithmetic of the fusion network (``--precision`` of fuse and bench): torch dtype names.

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from ..device import resolve_device
+from ..device import cpu_cores, resolve_device, set_threads
 from ..errors import TDFusionError
 from ..io import atomic_write
 from . import PRECISIONS, SUMMARY
@@ -20,6 +20,7 @@ examples:
   tdfusion bench --tasks seg --meta-method jvp,plain --sizes none
   tdfusion bench --sizes none --tasks none --data msrs_det --data-root ../shared/data/msrs_det
   tdfusion bench --sizes 480x640 --tasks seg --profile 10   # where the time goes, vs the machine's ceilings
+  tdfusion bench --vs-official ReFusion.py --checkpoint ReFusion_IVIF.pth --a msrs/ir --b msrs/vi
 
 Figures are medians of --repeats runs after --warmup runs. On a shared machine, check
 the load average printed in the header: other processes slow every figure down.
@@ -65,7 +66,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the machine's measured matrix-product and memory-copy rates")
     p.add_argument("--repeats", type=int, default=3, metavar="N", help="timed runs per figure (default 3)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
+    p.add_argument("--thread-counts", default="1,all", metavar="N,...",
+                   help="measure every figure with each of these CPU thread counts ('all' = one per core; "
+                        "default 1,all); --threads N measures with N only")
+    p.add_argument("--vs-official", default=None, metavar="PATH",
+                   help="time the official ReFusion network (its .py file, e.g. ReFusion.py of the ReFusion "
+                        "repository; not shipped) beside tdfusion fuse end to end, in this process, on the "
+                        "pairs of --a/--b with the published --checkpoint; prints the ratio")
+    p.add_argument("--official-class", default="ReFusion", metavar="NAME",
+                   help="the network class in the --vs-official file (default ReFusion)")
+    p.add_argument("--a", default=None, metavar="DIR", help="--vs-official: folder of first sources")
+    p.add_argument("--b", default=None, metavar="DIR", help="--vs-official: folder of second sources")
+    p.add_argument("--vs-pairs", type=int, default=7, metavar="N",
+                   help="--vs-official: pairs fused per round (time per pair = t_N / N; default 7)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="--vs-official: tdfusion fuse --jobs (default: fuse's default)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write all figures as JSON")
     p.add_argument("--device", default=None, metavar="DEV",
                    help="torch device: cuda, cuda:1, cpu (default: cuda when available)")
@@ -107,13 +122,21 @@ def _measure(item: dict, args: argparse.Namespace, device, say) -> list[dict]:
     """One figure: inference at one size along one path, or one task's meta method."""
     from .. import bench
 
-    if item["kind"] == "inference":
-        net = _network(args, device)
-        return bench.bench_inference(net, [tuple(item["size"])], device, args.warmup, args.repeats, (item["path"],),
-                                     args.chunk_rows, args.max_memory, dtype=getattr(torch, args.precision),
-                                     progress=say, profile_top=args.profile)
-    return bench.bench_meta(item["task"], device, args.warmup, args.repeats, (item["method"],), progress=say,
-                            profile_top=args.profile)
+    before = torch.get_num_threads()
+    set_threads(item.get("threads"))
+    try:
+        if item["kind"] == "inference":
+            net = _network(args, device)
+            rows = bench.bench_inference(net, [tuple(item["size"])], device, args.warmup, args.repeats,
+                                         (item["path"],), args.chunk_rows, args.max_memory,
+                                         dtype=getattr(torch, args.precision), progress=say,
+                                         profile_top=args.profile)
+        else:
+            rows = bench.bench_meta(item["task"], device, args.warmup, args.repeats, (item["method"],),
+                                    progress=say, profile_top=args.profile)
+        return [{**r, "threads": torch.get_num_threads()} for r in rows]
+    finally:
+        torch.set_num_threads(before)
 
 
 def _network(args: argparse.Namespace, device):
@@ -137,7 +160,8 @@ def _in_child(item: dict, args: argparse.Namespace) -> list[dict]:
         argv = [sys.executable, "-m", "tdfusion", "bench", "--item", json.dumps(item), "--json", out,
                 "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--profile", str(args.profile),
                 "--precision", args.precision]
-        for flag, value in (("--device", args.device), ("--threads", args.threads), ("--max-memory", args.max_memory),
+        for flag, value in (("--device", args.device), ("--threads", item.get("threads")),
+                            ("--max-memory", args.max_memory),
                             ("--chunk-rows", args.chunk_rows), ("--checkpoint", args.checkpoint)):
             if value is not None:
                 argv += [flag, str(value)]
@@ -147,6 +171,52 @@ def _in_child(item: dict, args: argparse.Namespace) -> list[dict]:
             raise TDFusionError(f"bench {item}: {lines[-1] if lines else 'failed'}")
         with open(out) as fh:
             return json.load(fh)
+
+
+def _thread_counts(args: argparse.Namespace) -> list[int]:
+    """``--threads N`` -> [N]; else ``--thread-counts`` ('all' = the cores), in order, without repeats."""
+    if args.threads is not None:
+        return [args.threads]
+    counts: list[int] = []
+    for item in args.thread_counts.split(","):
+        item = item.strip().lower()
+        try:
+            n = cpu_cores() if item == "all" else int(item)
+        except ValueError:
+            raise TDFusionError(f"--thread-counts {item!r}: expected numbers or 'all', e.g. 1,all") from None
+        if n < 1:
+            raise TDFusionError(f"--thread-counts {item!r}: must be at least 1")
+        if n not in counts:
+            counts.append(n)
+    return counts
+
+
+def _run_vs_official(args: argparse.Namespace, console, hw: dict, say) -> int:
+    """``--vs-official``: the official network beside ``tdfusion fuse``, one process, alternating rounds."""
+    from rich.table import Table
+
+    from ..vs_official import bench_vs_official
+
+    if not (args.checkpoint and args.a and args.b):
+        raise TDFusionError("--vs-official needs --checkpoint (a published ReFusion_*.pth) and --a/--b folders")
+    res = bench_vs_official(args.vs_official, args.checkpoint, args.a, args.b, pairs=args.vs_pairs,
+                            rounds=args.repeats, class_name=args.official_class, jobs=args.jobs, progress=say)
+    t = Table(title=f"tdfusion fuse end to end vs the official network's forward, {res['pairs']} pairs "
+                    f"({', '.join(res['sizes'])}), {res['threads']} threads")
+    for col in ("round", "ours s/pair", "official s/pair", "official / ours", "load (1 min)"):
+        t.add_column(col, justify="right")
+    for i, r in enumerate(res["rounds"], 1):
+        t.add_row(str(i), _fmt(r["ours_s_per_pair"]), _fmt(r["official_s_per_pair"]), f"{r['ratio']:.2f}x",
+                  _fmt(r["load_average_1min"]))
+    t.add_row("median", _fmt(res["ours_s_per_pair"]), _fmt(res["official_s_per_pair"]),
+              f"{res['median_ratio']:.2f}x", "")
+    console.print(t)
+    console.print(f"outputs: max |official - tdfusion| = {res['max_abs_diff']:.2g} (raw network outputs)")
+    if args.json:
+        with atomic_write(args.json, "w") as fh:
+            json.dump({"hardware": hw, "vs_official": res}, fh, indent=2)
+        print(f"wrote {args.json}")
+    return 0
 
 
 def _print_profile(console, row: dict) -> None:
@@ -178,8 +248,6 @@ def run(args: argparse.Namespace) -> int:
     if args.max_memory is not None:
         parse_memory(args.max_memory)
     device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.item:  # a child process measuring one figure
         rows = _measure(json.loads(args.item), args, device, None)
         with atomic_write(args.json, "w") as fh:
@@ -201,8 +269,13 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"machine ceilings: fp32 matrix product {roof['matmul_gflops_per_s']:.1f} GFLOP/s, "
                       f"memory copy {roof['copy_gb_per_s']:.1f} GB/s (read + write)")
     say = (lambda msg: console.print(f"[dim]... {msg}[/dim]"))
-    items = ([{"kind": "inference", "size": list(s), "path": p} for s in sizes for p in paths]
-             + [{"kind": "meta", "task": t, "method": m} for t in tasks for m in methods])
+    if args.vs_official:
+        return _run_vs_official(args, console, hw, say)
+    counts = _thread_counts(args)
+    items = ([{"kind": "inference", "size": list(s), "path": p, "threads": n} for s in sizes for p in paths
+              for n in counts]
+             + [{"kind": "meta", "task": t, "method": m, "threads": n} for t in tasks for m in methods
+                for n in counts])
     rows: list[dict] = []
     for item in items:
         if args.isolate:
@@ -216,21 +289,23 @@ def run(args: argparse.Namespace) -> int:
 
     if results["inference"]:
         t = Table(title="inference: one pair")
-        for col in ("size", "path", "dtype", "median s", "min s", "pairs/s", "GFLOP/s", "peak MiB", "start MiB", "bands"):
+        for col in ("size", "path", "dtype", "threads", "median s", "min s", "pairs/s", "GFLOP/s", "peak MiB",
+                    "start MiB", "bands"):
             t.add_column(col, justify="left" if col in ("size", "path", "dtype") else "right")
         for r in results["inference"]:
             bands = f"{r['bands']}x{r['band_rows']}" if "bands" in r else "-"
-            t.add_row(r["size"], r["path"], r["dtype"], _fmt(r["median_s"]), _fmt(r["min_s"]), _fmt(r["pairs_per_s"]),
+            t.add_row(r["size"], r["path"], r["dtype"], str(r["threads"]), _fmt(r["median_s"]), _fmt(r["min_s"]),
+                      _fmt(r["pairs_per_s"]),
                       _fmt(r["gflops_per_s"]), _fmt(r["peak_mb"], 5), _fmt(r["start_mb"], 5), bands)
         console.print(t)
     if results["meta"]:
         t = Table(title="training: one meta iteration (inner + outer update), one fusion-phase step")
-        for col in ("task", "what", "median s", "min s", "GFLOP/s", "peak MiB", "phases (s)"):
+        for col in ("task", "what", "threads", "median s", "min s", "GFLOP/s", "peak MiB", "phases (s)"):
             t.add_column(col, justify="left" if col in ("task", "what", "phases (s)") else "right")
         for r in results["meta"]:
             what = "fusion step" if r["what"] == "fusion_step" else "meta " + r["method"]
             phases = " ".join(f"{k} {v:.2f}" for k, v in r.get("phases_s", {}).items()) or "-"
-            t.add_row(r["task"], what, _fmt(r["median_s"]), _fmt(r["min_s"]), _fmt(r["gflops_per_s"]),
+            t.add_row(r["task"], what, str(r["threads"]), _fmt(r["median_s"]), _fmt(r["min_s"]), _fmt(r["gflops_per_s"]),
                       _fmt(r["peak_mb"], 5), phases)
         console.print(t)
         console.print("sizes: " + "; ".join(sorted({f"{r['task']}: {r['shape']}" for r in results["meta"]})))
