@@ -266,27 +266,18 @@ def _meta_batches(cfg: dict, target: str, seed: int) -> tuple[dict, dict, Any]:
     return batch(0), batch(dc["batch_size"]), ds
 
 
-def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: int = 3,
-               methods: tuple[str, ...] = ("jvp", "fusion_step"), progress: Callable[[str], None] | None = None,
-               profile_top: int = 0) -> list[dict[str, Any]]:
-    """Time one meta iteration (inner + outer update) or one fusion-phase step of a task.
-
-    Sizes, batch and loss follow the task's shipped recipe (``META_RECIPES``) on synthetic
-    scenes. Methods: ``jvp`` (:func:`tdfusion.metagrad.meta_gradient_jvp`, what training
-    uses), ``plain`` (the second-order formulation, :func:`tdfusion.engine.meta_gradient`)
-    and ``fusion_step`` (one step of F and T in the fusion phase, optimiser excluded).
-    ``profile_top > 0`` adds each figure's :func:`profile_breakdown` (that many operators).
-    """
+def _meta_setup(task_name: str, device: torch.device, seed: int = 0) -> tuple[tuple, dict, str]:
+    """The arguments of one meta iteration of ``task_name`` (recipe sizes, synthetic scenes,
+    networks initialised from seed 0, batches drawn with ``seed``), its config and a shape text."""
     from . import engine
     from .config import load_config
     from .data.views import to_device
-    from .metagrad import meta_gradient_jvp
     from .nets import create_model
     from .train import build_task
 
     cfg = load_config(REPO / "configs" / META_RECIPES[task_name])
     target = {"seg": "mask", "det": "boxes"}.get(task_name, "none")
-    train_batch, test_batch, ds = _meta_batches(cfg, target, seed=0)
+    train_batch, test_batch, ds = _meta_batches(cfg, target, seed=seed)
     train_batch, test_batch = to_device(train_batch, device), to_device(test_batch, device)
     torch.manual_seed(0)
     fusion = create_model(**_arch(cfg["fusion"])).to(device)
@@ -300,6 +291,51 @@ def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: i
             engine.params_of(task_net), train_batch, test_batch, lr, cfg["optim"]["lr_task"], settings)
     shape = (f"batch {len(train_batch['stems'])}, crops {cfg['data']['crop_size']}, task input "
              + ("= crops" if cfg["data"]["task_size"] is None else "x".join(map(str, cfg["data"]["task_size"]))))
+    return args, cfg, shape
+
+
+def meta_gradient_agreement(task_name: str, device: torch.device, precision: str,
+                            seeds: tuple[int, ...] = (0, 1)) -> list[float]:
+    """Cosine similarity of G's meta-gradient under ``precision`` autocast to the fp32 one.
+
+    One value per fixed batch pair (``seeds``), same networks and batches on both sides:
+    the bar for using a lower precision in the meta step is 0.99 (issue 13).
+    """
+    from .metagrad import meta_gradient_jvp
+    from .precision import autocast
+
+    out = []
+    for seed in seeds:
+        args, _, _ = _meta_setup(task_name, device, seed)
+        ref, _ = meta_gradient_jvp(*args)
+        with autocast(precision, device):
+            low, _ = meta_gradient_jvp(*args)
+        a = torch.cat([ref[k].flatten() for k in ref]).double()
+        b = torch.cat([low[k].flatten() for k in ref]).double()
+        out.append(float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
+    return out
+
+
+def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: int = 3,
+               methods: tuple[str, ...] = ("jvp", "fusion_step"), progress: Callable[[str], None] | None = None,
+               profile_top: int = 0, precision: str = "fp32") -> list[dict[str, Any]]:
+    """Time one meta iteration (inner + outer update) or one fusion-phase step of a task.
+
+    Sizes, batch and loss follow the task's shipped recipe (``META_RECIPES``) on synthetic
+    scenes. Methods: ``jvp`` (:func:`tdfusion.metagrad.meta_gradient_jvp`, what training
+    uses), ``plain`` (the second-order formulation, :func:`tdfusion.engine.meta_gradient`)
+    and ``fusion_step`` (one step of F and T in the fusion phase, optimiser excluded).
+    ``profile_top > 0`` adds each figure's :func:`profile_breakdown` (that many operators).
+    ``precision`` (``fp32``, ``bf16``, ``fp16``): the computation runs under that autocast;
+    a lower precision's ``jvp`` row also carries :func:`meta_gradient_agreement`.
+    """
+    from . import engine
+    from .metagrad import meta_gradient_jvp
+    from .precision import autocast
+
+    args, _, shape = _meta_setup(task_name, device)
+    fusion, _, lossgen, _, task, task_net, _, train_batch, _, _, _, settings = args
+
     def fusion_step():  # the trainer's fusion_step without the optimiser updates
         out = engine.fusion_objective(fusion, engine.params_of(fusion), lossgen, engine.params_of(lossgen),
                                       train_batch["crop_a"], train_batch["crop_b"], settings, detach_weights=True)
@@ -316,24 +352,33 @@ def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: i
             progress(f"{task_name}: {method}")
         phases: list[dict[str, float]] = []
         if method == "jvp":
-            def fn():
+            def run():
                 t: dict[str, float] = {}
                 meta_gradient_jvp(*args, timings=t)
                 phases.append(t)
         elif method == "plain":
-            def fn():
+            def run():
                 engine.meta_gradient(*args)
         elif method == "fusion_step":
-            fn = fusion_step
+            run = fusion_step
         else:
             raise ValueError(f"unknown meta method {method!r} (jvp, plain, fusion_step)")
+
+        def fn(run=run):
+            with autocast(precision, device):
+                run()
+
         with MemoryPeak(device) as mem:
             times = _timed(fn, device, warmup, repeats)
         flops = _count_flops(fn)
         phases = phases[warmup:warmup + repeats]
         row = {"what": "fusion_step" if method == "fusion_step" else "meta", "task": task_name,
                "method": method, "shape": shape, **_row(times, flops), "peak_mb": mem.peak_mb,
-               "start_mb": mem.base_mb}
+               "start_mb": mem.base_mb, "precision": precision}
+        if precision != "fp32" and method == "jvp":
+            if progress:
+                progress(f"{task_name}: meta-gradient cosine similarity, {precision} vs fp32")
+            row["cosine_vs_fp32"] = meta_gradient_agreement(task_name, device, precision)
         if phases:
             row["phases_s"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
         if profile_top > 0:

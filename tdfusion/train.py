@@ -54,6 +54,7 @@ from .losses import FUSION_LOSSES
 from .metagrad import meta_gradient_jvp
 from .nets import create_model
 from .optim import G_UPDATE_RULES, apply_meta_gradient, make_optimizer, make_scheduler
+from .precision import PRECISIONS, autocast, check_precision, grad_scaler
 from .progress import progress_bar
 
 __all__ = ["MetaTrainer", "build_task", "check_values", "evaluate_task", "set_determinism", "train"]
@@ -148,6 +149,8 @@ class MetaTrainer:
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK (distributed.setup)
         set_determinism(bool(tc["deterministic"]), self.device)
+        check_precision(tc["precision"], self.device)
+        self.precision, self.scaler = tc["precision"], grad_scaler(tc["precision"], self.device)
         torch.manual_seed(tc["seed"])
         # Third-party code (ultralytics' loss, transformers) may draw from these.
         random.seed(tc["seed"])
@@ -278,26 +281,40 @@ class MetaTrainer:
         return logs
 
     def fusion_step(self, batch: dict) -> dict[str, float]:
-        out = engine.fusion_objective(self.fusion, engine.params_of(self.fusion), self.lossgen,
-                                      engine.params_of(self.lossgen), batch["crop_a"], batch["crop_b"],
-                                      self.settings, detach_weights=True)
+        # train.precision applies here (tdfusion.precision); the meta step stays fp32.
+        with autocast(self.precision, self.device):
+            out = engine.fusion_objective(self.fusion, engine.params_of(self.fusion), self.lossgen,
+                                          engine.params_of(self.lossgen), batch["crop_a"], batch["crop_b"],
+                                          self.settings, detach_weights=True)
         self.opt_f.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        self._scaled(out["loss"]).backward()
         distributed.average_gradients(self.fusion.parameters())
-        self.opt_f.step()
-        with torch.no_grad():
+        self._step(self.opt_f)
+        with torch.no_grad(), autocast(self.precision, self.device):
             fused = self.fusion(batch["a"], batch["b"])
-        loss_t = engine.task_objective(self.task, self.task_net, engine.params_of(self.task_net), fused, batch)
+        with autocast(self.precision, self.device):
+            loss_t = engine.task_objective(self.task, self.task_net, engine.params_of(self.task_net), fused, batch)
         self.opt_t.zero_grad(set_to_none=True)
-        loss_t.backward()
+        self._scaled(loss_t).backward()
         distributed.average_gradients(self.task_net.parameters())
-        self.opt_t.step()
+        self._step(self.opt_t)
+        if self.scaler is not None:
+            self.scaler.update()
         # BatchNorm statistics: each process normalises with its own batch (as DDP does);
         # the running statistics follow rank 0's (DDP's broadcast_buffers), so every
         # process holds the same T and a checkpoint is the same whichever rank wrote it.
         distributed.broadcast_module_(self.task_net, buffers_only=True)
         return {"loss_f": float(out["loss"].detach()), "loss_int": float(out["int"].detach()),
                 "loss_grad": float(out["grad"].detach()), "loss_t": float(loss_t.detach())}
+
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
+    def _step(self, opt: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            opt.step()
+        else:  # unscales, and skips the step when the scaled gradients overflowed
+            self.scaler.step(opt)
 
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint(self, with_state: bool = True) -> dict:
@@ -638,6 +655,7 @@ _MINIMUM = {"data.batch_size": 1, "data.crop_size": 8, "data.num_workers": 0, "t
 _NULLABLE = {"train.fusion_steps", "run.eval_limit"}
 _CHOICES = {"loss.intensity": ("paper", "reference"), "meta.g_update": G_UPDATE_RULES,
             "meta.gradient": ("jvp", "second_order"),
+            "train.precision": PRECISIONS,
             "optim.schedule": ("step", "cosine", "none")}
 
 

@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-memory", default=None, metavar="SIZE", help="memory bound for the banded path, e.g. 4G")
     p.add_argument("--chunk-rows", type=int, default=None, metavar="N", help="rows per band for the banded path")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
-                   help="the network's arithmetic for inference figures (as tdfusion fuse --precision)")
+                   help="the network's arithmetic for inference figures (as tdfusion fuse --precision); for "
+                        "training figures the autocast precision (as train.precision), with the cosine "
+                        "similarity of G's meta-gradient to the fp32 one on two fixed batches")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="fusion network to time (default: the ReFusion architecture, random weights: "
                         "same cost)")
@@ -133,7 +135,8 @@ def _measure(item: dict, args: argparse.Namespace, device, say) -> list[dict]:
                                          profile_top=args.profile)
         else:
             rows = bench.bench_meta(item["task"], device, args.warmup, args.repeats, (item["method"],),
-                                    progress=say, profile_top=args.profile)
+                                    progress=say, profile_top=args.profile,
+                                    precision=_SHORT_PRECISION[args.precision])
         return [{**r, "threads": torch.get_num_threads()} for r in rows]
     finally:
         torch.set_num_threads(before)
@@ -171,6 +174,10 @@ def _in_child(item: dict, args: argparse.Namespace) -> list[dict]:
             raise TDFusionError(f"bench {item}: {lines[-1] if lines else 'failed'}")
         with open(out) as fh:
             return json.load(fh)
+
+
+#: --precision (torch dtype names, as tdfusion fuse) -> train.precision names.
+_SHORT_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def _thread_counts(args: argparse.Namespace) -> list[int]:
@@ -300,13 +307,15 @@ def run(args: argparse.Namespace) -> int:
         console.print(t)
     if results["meta"]:
         t = Table(title="training: one meta iteration (inner + outer update), one fusion-phase step")
-        for col in ("task", "what", "threads", "median s", "min s", "GFLOP/s", "peak MiB", "phases (s)"):
+        for col in ("task", "what", "precision", "threads", "median s", "min s", "GFLOP/s", "peak MiB",
+                    "cos vs fp32", "phases (s)"):
             t.add_column(col, justify="left" if col in ("task", "what", "phases (s)") else "right")
         for r in results["meta"]:
             what = "fusion step" if r["what"] == "fusion_step" else "meta " + r["method"]
             phases = " ".join(f"{k} {v:.2f}" for k, v in r.get("phases_s", {}).items()) or "-"
-            t.add_row(r["task"], what, str(r["threads"]), _fmt(r["median_s"]), _fmt(r["min_s"]), _fmt(r["gflops_per_s"]),
-                      _fmt(r["peak_mb"], 5), phases)
+            cos = " ".join(f"{c:.4f}" for c in r["cosine_vs_fp32"]) if "cosine_vs_fp32" in r else "-"
+            t.add_row(r["task"], what, r["precision"], str(r["threads"]), _fmt(r["median_s"]), _fmt(r["min_s"]),
+                      _fmt(r["gflops_per_s"]), _fmt(r["peak_mb"], 5), cos, phases)
         console.print(t)
         console.print("sizes: " + "; ".join(sorted({f"{r['task']}: {r['shape']}" for r in results["meta"]})))
     for r in rows:

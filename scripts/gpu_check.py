@@ -1,0 +1,243 @@
+#!/usr/bin/env python
+"""The GPU checks of issue 13, item 5, in one run that writes one JSON of figures.
+
+    scripts/gpu_check.sh                       # on a CUDA machine, about 5-8 minutes
+    scripts/gpu_check.sh --device cpu --quick  # the same steps, small sizes (what the tests run)
+
+Steps (each a ``tdfusion`` command in its own process, as a user would run it):
+
+1. parity: the four published checkpoints fuse their shared test cases on the device;
+   raw outputs against the reference implementation's (max abs difference, bar 1e-4);
+2. bench_inference: ``tdfusion bench`` inference in float32, bfloat16 and (CUDA) float16,
+   with the low-precision output error;
+3. bench_meta: one meta iteration per task (seg, det, recon) in fp32 and bf16 autocast,
+   with the cosine similarity of G's meta-gradient to the fp32 one;
+4. amp_training: 50 training steps with ``train.precision`` fp16 (CUDA) or bf16 (CPU);
+5. torchrun: a one-process ``torchrun`` run (NCCL on CUDA, Gloo on CPU);
+6. resume_after_sigkill: a run killed with SIGKILL while writing its second checkpoint,
+   then ``--resume``d to the end.
+
+A failed step is recorded (its error's last lines) and the others still run; the exit
+status is 1 if any step failed. Needs the shared data folder (``--data``) for step 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = {  # task -> (folder of A, folder of B), as in tests/test_parity.py
+    "IVIF": ("infrared", "visible"), "MIF": ("CT_PET_SPECT", "MRI"),
+    "MFIF": ("near", "far"), "MEIF": ("under", "over"),
+}
+PARITY_BAR = 1e-4
+TINY = ["fusion.dim=8", "fusion.num_blocks=1", "fusion.heads=2", "lossgen.dim=8", "lossgen.num_blocks=1",
+        "lossgen.heads=2", "dataset.options.length=8", "dataset.options.size=[48,48]", "data.crop_size=32",
+        "run.samples=0", "run.eval_every=0", "run.save_every=2"]
+
+
+class StepFailed(Exception):
+    pass
+
+
+def tdfusion(args: list[str], timeout: float, env: dict | None = None, check: bool = True,
+             launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m tdfusion ARGS`` (or ``launcher + ARGS``) from the repository root."""
+    cmd = (launcher or [sys.executable, "-m", "tdfusion"]) + [str(a) for a in args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise StepFailed(f"{' '.join(cmd[2:5])} ... exited {proc.returncode}: " + " | ".join(tail))
+    return proc
+
+
+def step_parity(opts, tmp: Path) -> dict:
+    root = opts.data / "refusion"
+    if not root.is_dir():
+        raise StepFailed(f"{root}: shared data not found (--data)")
+    out = {}
+    for task, (fa, fb) in CASES.items():
+        if opts.quick and task != "MIF":  # the smallest case (256x256); tests/test_parity.py runs all on CPU
+            continue
+        dest = tmp / f"parity_{task}"
+        t0 = time.perf_counter()
+        tdfusion(["fuse", "--checkpoint", root / "models" / f"ReFusion_{task}.pth",
+                  "--a", root / "test_cases" / task / fa, "--b", root / "test_cases" / task / fb,
+                  "--out", dest, "--gray", "--raw", "--device", opts.device, "--jobs", "1"], timeout=300)
+        import numpy as np
+
+        diffs = {}
+        for ref in sorted((root / "reference_outputs" / task).glob("*.raw.npy")):
+            ours = np.load(dest / ref.name)
+            diffs[ref.name.split(".")[0]] = float(np.abs(ours.astype(np.float64) - np.load(ref)).max())
+        out[task] = {"max_abs_diff": diffs, "seconds": time.perf_counter() - t0}
+    worst = max(v for t in out.values() for v in t["max_abs_diff"].values())
+    if not worst <= PARITY_BAR:
+        raise StepFailed(f"parity: max difference {worst:.3g} > {PARITY_BAR}")
+    return {"tasks": out, "worst": worst, "bar": PARITY_BAR}
+
+
+def _bench(opts, tmp: Path, name: str, extra: list[str], timeout: float) -> dict:
+    dest = tmp / f"{name}.json"
+    tdfusion(["bench", "--device", opts.device, "--threads", str(opts.threads), "--json", dest, *extra],
+             timeout=timeout)
+    return json.loads(dest.read_text())
+
+
+def step_bench_inference(opts, tmp: Path) -> dict:
+    sizes = "64x64" if opts.quick else "480x640,1024x1280"
+    rep = ["--repeats", "1", "--warmup", "0"] if opts.quick else ["--repeats", "5", "--warmup", "2"]
+    precisions = ["float32", "bfloat16"] + (["float16"] if opts.device.startswith("cuda") else [])
+    out = {}
+    for p in precisions:
+        extra = ["--tasks", "none", "--sizes", sizes, "--precision", p, *rep] + (["--bf16-error"] if p == "float32" else [])
+        res = _bench(opts, tmp, f"inference_{p}", extra, timeout=300)
+        out[p] = [{k: r.get(k) for k in ("size", "median_s", "min_s", "pairs_per_s", "peak_mb", "bands")}
+                  for r in res["inference"]]
+        if "low_precision_error" in res:
+            out["low_precision_error_256x256"] = res["low_precision_error"]
+    return out
+
+
+def step_bench_meta(opts, tmp: Path) -> dict:
+    tasks = "recon" if opts.quick else "seg,det,recon"
+    rep = ["--repeats", "1", "--warmup", "0"] if opts.quick else ["--repeats", "3", "--warmup", "1"]
+    out = {}
+    for p in ("float32", "bfloat16"):
+        res = _bench(opts, tmp, f"meta_{p}", ["--sizes", "none", "--tasks", tasks, "--meta-method", "jvp",
+                                              "--precision", p, *rep], timeout=600)
+        out[p] = [{k: r.get(k) for k in ("task", "median_s", "min_s", "peak_mb", "phases_s", "cosine_vs_fp32")}
+                  for r in res["meta"]]
+    return out
+
+
+def _train_args(opts, out: Path, steps_meta: int, steps_fusion: int, epochs: int = 1) -> list[str]:
+    return ["--task", "recon", "--dataset", "synthetic", "--out", out, "train.device=" + opts.device,
+            f"train.epochs={epochs}", f"train.meta_steps={steps_meta}", f"train.fusion_steps={steps_fusion}", *TINY]
+
+
+def _logged_steps(run: Path) -> list[dict]:
+    lines = (run / "train_log.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def step_amp_training(opts, tmp: Path) -> dict:
+    precision = "fp16" if opts.device.startswith("cuda") else "bf16"
+    meta, fusion = (2, 8) if opts.quick else (10, 40)
+    run = tmp / "amp"
+    t0 = time.perf_counter()
+    tdfusion(["train", *_train_args(opts, run, meta, fusion), f"train.precision={precision}"], timeout=600)
+    seconds = time.perf_counter() - t0
+    logs = _logged_steps(run)
+    losses = [r["loss_f"] for r in logs if "loss_f" in r]
+    if len(logs) != meta + fusion or not all(map(lambda v: v == v and abs(v) != float("inf"), losses)):
+        raise StepFailed(f"amp training: {len(logs)} steps logged, losses {losses[-3:]}")
+    return {"precision": precision, "steps": len(logs), "seconds_with_startup": seconds,
+            "loss_f_first": losses[0], "loss_f_last": losses[-1]}
+
+
+def step_torchrun(opts, tmp: Path) -> dict:
+    run = tmp / "torchrun"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                str(REPO / "train_fusion.py")]
+    t0 = time.perf_counter()
+    tdfusion(_train_args(opts, run, 2, 2), timeout=300, launcher=launcher)
+    steps = len(_logged_steps(run))
+    if steps != 4:
+        raise StepFailed(f"torchrun: {steps} steps logged, 4 expected")
+    return {"backend": "nccl" if opts.device.startswith("cuda") else "gloo", "steps": steps,
+            "seconds_with_startup": time.perf_counter() - t0}
+
+
+def step_resume_after_sigkill(opts, tmp: Path) -> dict:
+    run = tmp / "resume"
+    args = _train_args(opts, run, 2, 4, epochs=2)  # 12 steps, a checkpoint every 2
+    killed = tdfusion(["train", *args], timeout=300, env={"TDFUSION_FAULT": "kill_during_save:2"}, check=False)
+    if killed.returncode != -signal.SIGKILL:
+        raise StepFailed(f"the run was to be killed while saving, it exited {killed.returncode}")
+    before = len(_logged_steps(run))
+    tdfusion(["train", "--resume", run, "--out", run], timeout=300)
+    steps = sorted({r["global_step"] for r in _logged_steps(run)})
+    if steps != list(range(1, 13)) and steps != list(range(12)):
+        raise StepFailed(f"resume: logged steps {steps}, expected 12 distinct steps")
+    return {"steps_before_kill": before, "steps_after_resume": len(steps), "killed_by": "SIGKILL"}
+
+
+STEPS = {
+    "parity": step_parity,
+    "bench_inference": step_bench_inference,
+    "bench_meta": step_bench_meta,
+    "amp_training": step_amp_training,
+    "torchrun": step_torchrun,
+    "resume_after_sigkill": step_resume_after_sigkill,
+}
+
+
+def device_info(device: str) -> dict:
+    import torch
+
+    info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
+                    cuda=torch.version.cuda)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    p.add_argument("--out", default="gpu_check.json", help="the JSON of figures (default gpu_check.json)")
+    p.add_argument("--data", default=os.environ.get("TDFUSION_SHARED_DATA", str(REPO.parent / "shared" / "data")),
+                   help="the shared data folder (published checkpoints and test cases)")
+    p.add_argument("--quick", action="store_true", help="small sizes and fewer steps (for the CPU test)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
+    p.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of " + ", ".join(STEPS))
+    opts = p.parse_args(argv)
+    opts.data = Path(opts.data)
+    chosen = [s.strip() for s in opts.steps.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in STEPS]
+    if unknown:
+        p.error(f"unknown steps: {', '.join(unknown)}")
+    report = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": opts.quick,
+              "machine": device_info(opts.device), "steps": {}}
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in chosen:
+            t0 = time.perf_counter()
+            try:
+                figures = STEPS[name](opts, Path(tmp))
+                entry = {"ok": True, "figures": figures}
+            except StepFailed as exc:
+                entry = {"ok": False, "error": str(exc)}
+            except Exception as exc:  # a bug or a timeout: record it, run the other steps
+                entry = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                         "trace": traceback.format_exc().splitlines()[-4:]}
+            entry["seconds"] = round(time.perf_counter() - t0, 1)
+            report["steps"][name] = entry
+            print(f"{name}: {'ok' if entry['ok'] else 'FAILED ' + entry['error']} ({entry['seconds']} s)",
+                  flush=True)
+    report["seconds"] = round(time.perf_counter() - t_all, 1)
+    report["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    out = Path(opts.out)
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    tmp_out.write_text(json.dumps(report, indent=2))
+    os.replace(tmp_out, out)
+    print(f"wrote {out} ({report['seconds']} s)")
+    return 0 if all(e["ok"] for e in report["steps"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
