@@ -3,7 +3,7 @@
 Where lower precision applies, and why: the fusion phase (ordinary steps of F and T)
 runs under ``torch.autocast``; the meta step (G's meta-gradient) always runs in fp32.
 On the project's CPU the bf16 meta-gradient of G pointed away from the fp32 one (cosine
-similarity 0.915 for segmentation, fixed batches; ``tdfusion bench --tasks seg
+similarity 0.915-0.960 for segmentation, fixed batches; ``tdfusion bench --tasks seg
 --precision bfloat16`` measures it), below the 0.99 the project requires, and in fp16
 it would underflow: it carries the inner step size (~1e-4) as a factor. fp16 needs CUDA
 and comes with a gradient scaler (``torch.amp.GradScaler``); bf16 has fp32's range and
