@@ -655,8 +655,8 @@ _MINIMUM = {"data.batch_size": 1, "data.crop_size": 8, "data.num_workers": 0, "t
 _NULLABLE = {"train.fusion_steps", "run.eval_limit"}
 _CHOICES = {"loss.intensity": ("paper", "reference"), "meta.g_update": G_UPDATE_RULES,
             "meta.gradient": ("jvp", "second_order"),
-            "train.precision": PRECISIONS,
             "optim.schedule": ("step", "cosine", "none")}
+_CHOICES["train.precision"] = PRECISIONS
 
 
 def check_values(cfg: dict) -> None:
