@@ -7,6 +7,7 @@ A builder takes ``(root, split, **options)`` and returns a
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Callable
 
 from ..errors import TDFusionError
@@ -32,13 +33,20 @@ def register_dataset(name: str, lazy_module: str | None = None):
     return wrap
 
 
-def build_dataset(name: str, root: str | None = None, split: str = "train", **options: Any) -> PairDataset:
+def build_dataset(name: str, root: str | None = None, split: str = "train", *, cache: bool = False,
+                  **options: Any) -> PairDataset:
+    """Build a registered dataset. ``cache=True`` (the ``data.cache`` config key) asks a
+    builder that takes a ``cache`` option to keep decoded samples in memory, unless
+    ``options`` set it explicitly."""
     key = name.lower()
     if key not in _BUILDERS and key in _LAZY:
         importlib.import_module(_LAZY[key])
     if key not in _BUILDERS:
         raise TDFusionError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
-    return _BUILDERS[key](root, split, **options)
+    builder = _BUILDERS[key]
+    if cache and "cache" not in options and "cache" in inspect.signature(builder).parameters:
+        options["cache"] = True
+    return builder(root, split, **options)
 
 
 def available_datasets() -> list[str]:
