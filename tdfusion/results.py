@@ -10,7 +10,21 @@ from typing import Any
 
 from .io import atomic_write
 
-__all__ = ["print_table", "scalar_metrics", "write_csv", "write_json"]
+__all__ = ["jsonable", "print_summary_table", "print_table", "scalar_metrics", "write_csv", "write_json", "write_summary_csv"]
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with NumPy scalars, tensors and arrays turned into Python values and
+    non-finite floats into None, so that ``json.dump`` writes valid JSON."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):  # NumPy scalars and arrays, torch tensors
+        return jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _is_number(v: Any) -> bool:
@@ -102,6 +116,11 @@ def write_csv(path: str | os.PathLike, results: dict[str, dict[str, Any]]) -> No
         flat: dict[str, Any] = {}
         _flatten("", metrics, flat)
         rows.append({"source": name, **flat})
+    _write_rows(path, rows)
+
+
+def _write_rows(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """CSV with the union of the rows' keys as columns (first seen first), atomically."""
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
@@ -111,3 +130,63 @@ def write_csv(path: str | os.PathLike, results: dict[str, dict[str, Any]]) -> No
     writer.writerows(rows)
     with atomic_write(path, "w") as fh:
         fh.write(buf.getvalue())
+
+
+#: The per-class value shown for each kind of per-class record (IoU for masks, AP50 for boxes).
+_PER_CLASS_KEY = ("IoU", "AP50")
+
+
+def print_summary_table(payload: dict[str, Any], title: str) -> None:
+    """``tdfusion compare``'s table: sources as rows, ``mean ± std`` over the seeds per
+    metric; the best mean in bold, ``<`` where the source's interval does not overlap the
+    best's. Then one narrow per-class table (classes as rows, sources as columns)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics, sources = payload["metrics"], payload["sources"]
+    table = Table(title=title)
+    table.add_column("source")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for name, s in sources.items():
+        cells = []
+        for m in metrics:
+            if m not in s["mean"]:
+                cells.append("-")
+                continue
+            text = f"{s['mean'][m]:.4f} ± {s['std'][m]:.4f}"
+            mark = s.get("vs_best", {}).get(m)
+            cells.append(f"[bold green]{text}[/]" if mark == "best" and len(sources) > 1
+                         else f"{text} <" if mark == "below best" else text)
+        table.add_row(name, *cells)
+    table.caption = (f"mean ± std over {len(payload['seeds'])} seed(s); < : interval below the best's "
+                     "(the difference exceeds the spread)")
+    console = Console()
+    console.print(table)
+    per = {name: s.get("per_class_mean") or {} for name, s in sources.items()}
+    classes = list(dict.fromkeys(c for p in per.values() for c in p))
+    if not classes:
+        return
+    key = next((k for k in _PER_CLASS_KEY if any(k in (p.get(c) or {}) for p in per.values() for c in p)), None)
+    if key is None:
+        return
+    pc = Table(title=f"per class: {key}, mean over seeds")
+    pc.add_column("class")
+    for name in per:
+        pc.add_column(name, justify="right", overflow="fold")
+    for c in classes:
+        pc.add_row(str(c), *[f"{v:.3f}" if _is_number(v := (per[n].get(c) or {}).get(key)) else "-" for n in per])
+    console.print(pc)
+
+
+def write_summary_csv(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """One row per (source, seed) run plus one ``mean`` and one ``std`` row per source."""
+    rows = []
+    for name, s in payload["sources"].items():
+        for run in s["runs"]:
+            flat: dict[str, Any] = {}
+            _flatten("", {k: v for k, v in run.items()}, flat)
+            rows.append({"source": name, "row": f"seed {run.get('seed')}", **flat})
+        rows.append({"source": name, "row": "mean", **s["mean"]})
+        rows.append({"source": name, "row": "std", **s["std"]})
+    _write_rows(path, rows)

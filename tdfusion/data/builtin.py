@@ -7,6 +7,7 @@ import numpy as np
 
 from ..colour import split_luma
 from ..errors import TDFusionError
+from ..io import Image
 from ..synthetic import DET_CLASSES, SEG_CLASSES, make_pair
 from .base import PairDataset, PairFolderDataset, Sample
 from .registry import register_dataset
@@ -39,6 +40,10 @@ class SyntheticDataset(PairDataset):
 
     def __len__(self) -> int:
         return self.length
+
+    def source_images(self, index: int) -> tuple[Image, Image]:
+        p = make_pair(self.stream, index, self.size, self.night_prob)
+        return Image(p.ir, 8), Image(p.vis, 8)
 
     def load(self, index: int) -> Sample:
         p = make_pair(self.stream, index, self.size, self.night_prob)
