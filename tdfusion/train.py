@@ -55,6 +55,7 @@ from .metagrad import meta_gradient_jvp
 from .nets import create_model
 from .optim import G_UPDATE_RULES, apply_meta_gradient, make_optimizer, make_scheduler
 from .progress import progress_bar
+from .results import jsonable
 
 __all__ = ["MetaTrainer", "build_task", "check_values", "evaluate_task", "set_determinism", "train"]
 
@@ -156,7 +157,8 @@ class MetaTrainer:
         ds_cfg = cfg["dataset"]
         options = dict(ds_cfg.get("options") or {})
         try:
-            self.train_set = build_dataset(ds_cfg["name"], ds_cfg["root"], ds_cfg["train_split"], **options)
+            self.train_set = build_dataset(ds_cfg["name"], ds_cfg["root"], ds_cfg["train_split"],
+                                           cache=bool(dc["cache"]), **options)
         except TypeError as exc:
             raise TDFusionError(f"dataset {ds_cfg['name']!r}: bad option ({exc})") from None
         if len(self.train_set) == 0:
@@ -207,7 +209,8 @@ class MetaTrainer:
         if not ds_cfg.get("test_split"):
             return None
         try:
-            ds = build_dataset(ds_cfg["name"], ds_cfg["root"], ds_cfg["test_split"], **options)
+            ds = build_dataset(ds_cfg["name"], ds_cfg["root"], ds_cfg["test_split"],
+                               cache=bool(self.cfg["data"]["cache"]), **options)
         except TDFusionError:
             return None  # no test split: training still works, evaluation is skipped
         return ds if len(ds) else None
@@ -267,7 +270,10 @@ class MetaTrainer:
     def meta_step(self, train_batch: dict, test_batch: dict) -> dict[str, float]:
         mc = self.cfg["meta"]
         inner_lr = mc["inner_lr"] if mc["inner_lr"] is not None else self.opt_f.param_groups[0]["lr"]
-        task_lr = mc["task_inner_lr"] if mc["task_inner_lr"] is not None else self.opt_t.param_groups[0]["lr"]
+        if mc["task_inner_step"] == "adam":
+            task_lr = engine.adam_task_step(self.opt_t)
+        else:
+            task_lr = mc["task_inner_lr"] if mc["task_inner_lr"] is not None else self.opt_t.param_groups[0]["lr"]
         g_params = engine.params_of(self.lossgen)
         meta_gradient = meta_gradient_jvp if mc["gradient"] == "jvp" else engine.meta_gradient
         grads, logs = meta_gradient(
@@ -601,7 +607,7 @@ class MetaTrainer:
             if eval_every and self.pos.epoch % eval_every == 0 and self.is_main:
                 metrics = self.evaluate()
                 if metrics is not None:
-                    self._log("eval_log.jsonl", {"epoch": self.pos.epoch, **_jsonable(metrics)})
+                    self._log("eval_log.jsonl", {"epoch": self.pos.epoch, **jsonable(metrics)})
             if self.is_main:
                 self.render_samples(self.pos.epoch)
             self.save("epoch")
@@ -637,7 +643,7 @@ _MINIMUM = {"data.batch_size": 1, "data.crop_size": 8, "data.num_workers": 0, "t
             "run.samples": 0, "run.eval_every": 0, "run.eval_limit": 1, "optim.step_size": 1}
 _NULLABLE = {"train.fusion_steps", "run.eval_limit"}
 _CHOICES = {"loss.intensity": ("paper", "reference"), "meta.g_update": G_UPDATE_RULES,
-            "meta.gradient": ("jvp", "second_order"),
+            "meta.gradient": ("jvp", "second_order"), "meta.task_inner_step": ("sgd", "adam"),
             "optim.schedule": ("step", "cosine", "none")}
 
 
@@ -727,20 +733,6 @@ def _die_while_writing(ckpt: dict, path: Path) -> None:
         fh.flush()
         os.fsync(fh.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if torch.is_tensor(obj):
-        return obj.tolist()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def train(cfg: dict, run_dir: str | Path, resume_from: str | Path | None = None) -> dict[str, Any]:
