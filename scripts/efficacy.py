@@ -40,7 +40,7 @@ MODES = {
     "full": {
         "size": [128, 160], "length": 192,
         "fusion": {"train.epochs": 10, "train.meta_steps": 60, "train.fusion_steps": 192},
-        "downstream": {"downstream.epochs": 60}, "seeds": [0, 1, 2], "msrs": True,
+        "downstream": {"downstream.epochs": 60}, "seeds": [0, 1, 2], "msrs": True, "references": True,
     },
     # The pipeline only (tests/test_efficacy.py): tiny networks, one step of everything.
     "smoke": {
@@ -112,19 +112,45 @@ def train_fusion(run: Runner, mode: dict, work: Path, methods: list[str], jobs: 
 
 
 def compare(run: Runner, mode: dict, task: str, ckpts: dict[str, Path], out: Path, jobs: int, device: str,
-            extra: list[str] | None = None, dataset: list[str] | None = None) -> dict:
+            extra: list[str] | None = None, dataset: list[str] | None = None,
+            folders: dict[str, Path] | None = None) -> dict:
     if dataset is None:
         dataset = ["--dataset", "synthetic"]
         extra = [*kv({"dataset.options.size": mode["size"], "dataset.options.length": mode["length"]}),
                  *(extra or [])]
     names = list(ckpts)
     # KEY=VALUE overrides last: argparse takes the positionals in one run
+    fused = ["--fused", *map(str, folders.values()), "--names", *folders] if folders else []
     run(["compare", "--task", task, *dataset, "--checkpoint", *map(str, ckpts.values()),
-         "--checkpoint-names", *names, "--seeds", *map(str, mode["seeds"]), "--preset", "fast",
+         "--checkpoint-names", *names, *fused, "--seeds", *map(str, mode["seeds"]), "--preset", "fast",
          "--jobs", str(jobs), "--device", device, "--json", str(out), *kv(mode["downstream"]),
          *mode.get("task", {}).get(task, []), *(extra or [])],
         f"compare {task}")
     return json.loads(out.read_text())
+
+
+def reference_folders(mode: dict, work: Path) -> dict[str, Path]:
+    """Two fusions that need no training, as reference rows: ``blend`` = (IR + VIS) / 2 and
+    ``oracle`` = IR on people and cars (their masks, dilated 2 px), VIS elsewhere: what a
+    loss that weighs the sources by region could reach at best on these scenes."""
+    import cv2
+    import numpy as np
+
+    from tdfusion.data import build_dataset
+    from tdfusion.io import write_image
+    from tdfusion.synthetic import SEG_CLASSES
+
+    objects = [SEG_CLASSES.index("person"), SEG_CLASSES.index("car")]
+    out = {"blend": work / "references" / "blend", "oracle": work / "references" / "oracle"}
+    for split in ("train", "test"):
+        data = build_dataset("synthetic", None, split, length=mode["length"], size=mode["size"], target="mask")
+        for i in range(len(data)):
+            s = data[i]
+            near = cv2.dilate(np.isin(s.target["mask"], objects).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            for name, y in (("blend", 0.5 * (s.a + s.b)), ("oracle", np.where(near, s.a, s.b))):
+                write_image(out[name] / split / f"{s.stem}.png", np.rint(np.clip(y, 0, 1) * 255).astype(np.uint8),
+                            durable=False)
+    return out
 
 
 def g_weight_profile(ckpt: Path, mode: dict, n: int = 32) -> dict[str, float]:
@@ -165,8 +191,8 @@ def chart(payload: dict, path: Path, title: str) -> None:
     for ax, m in zip(axes[0], metrics):
         means = [payload["sources"][n]["mean"].get(m, 0.0) for n in names]
         stds = [payload["sources"][n]["std"].get(m, 0.0) for n in names]
-        colours = ["#9e9e9e" if n in ("ir", "vis") else "#4c72b0" if n in ("fixed", "recon") else "#dd8452"
-                   for n in names]
+        colours = ["#9e9e9e" if n in ("ir", "vis") else "#4c72b0" if n in ("fixed", "recon") else
+                   "#c7c7c7" if n in ("blend", "oracle") else "#dd8452" for n in names]
         ax.bar(names, means, yerr=stds, capsize=4, color=colours)
         ax.set_title(f"{m} (mean ± std, {len(payload['seeds'])} seeds)", fontsize=9)
         ax.set_ylim(0, max(1e-3, max(m_ + s_ for m_, s_ in zip(means, stds)) * 1.15))
@@ -188,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="run folders (default runs/efficacy_<mode>)")
     p.add_argument("--jobs", type=int, default=2, help="trainings at once, one thread each (default 2)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--references", action="store_true",
+                   help="add the blend (IR + VIS) / 2 and the mask-based oracle fusion as sources (on in full mode)")
     p.add_argument("--msrs", default=str(REPO.parent / "shared" / "data" / "msrs_det"),
                    help="MSRS detection pairs for the real-data run (full mode)")
     args = p.parse_args(argv)
@@ -199,9 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     methods = ["fixed", "recon", *args.tasks]
     ckpts = train_fusion(run, mode, work, methods, args.jobs, args.device)
+    references = reference_folders(mode, work) if (mode.get("references") or args.references) else None
     for task in args.tasks:
         sources = {"fixed": ckpts["fixed"], "recon": ckpts["recon"], task: ckpts[task]}
-        payload = compare(run, mode, task, sources, out / f"efficacy_{task}.json", args.jobs, args.device)
+        payload = compare(run, mode, task, sources, out / f"efficacy_{task}.json", args.jobs, args.device,
+                          folders=references)
         # G's weight for the infrared image per class: the learned loss, by region
         payload["g_weight_ir_per_class"] = {name: g_weight_profile(path, mode) for name, path in sources.items()}
         payload["mode"] = {"name": args.mode, **mode}

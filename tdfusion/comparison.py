@@ -76,7 +76,7 @@ def _fuse_like_the_cli(net, dataset: PairDataset, index: int, out: Path) -> Path
     if b.size != a.size:
         raise TDFusionError(f"pair {index}: source sizes differ ({a.size} vs {b.size})")
     _, fused = fuse_images(net, a, b, normalize="minmax")
-    write_image(out, to_integer(fused, max(a.bit_depth, b.bit_depth)))
+    write_image(out, to_integer(fused, max(a.bit_depth, b.bit_depth)), durable=False)
     return out
 
 
@@ -86,10 +86,10 @@ def _write_targets(sample, split_dir: Path) -> None:
     if "mask" in sample.target:
         mask = np.asarray(sample.target["mask"])
         write_image(split_dir / "masks" / f"{sample.stem}.png",
-                    mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16))
+                    mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16), durable=False)
     if "boxes" in sample.target:
-        with atomic_write(split_dir / "labels" / f"{sample.stem}.txt", "w") as fh:
-            fh.write(format_yolo_labels(np.asarray(sample.target["boxes"], np.float32).reshape(-1, 5)))
+        (split_dir / "labels" / f"{sample.stem}.txt").write_text(
+            format_yolo_labels(np.asarray(sample.target["boxes"], np.float32).reshape(-1, 5)))
 
 
 def materialize(source: ImageSource, splits: dict[str, PairDataset], folder: Path, device="cpu") -> Path:
@@ -124,7 +124,7 @@ def materialize(source: ImageSource, splits: dict[str, PairDataset], folder: Pat
 
                 h, w = sample.a.shape
                 y = cv2.resize(y, (w, h), interpolation=cv2.INTER_AREA if y.size > h * w else cv2.INTER_LINEAR)
-            write_image(out / "images" / f"{sample.stem}.png", _grey8(y))
+            write_image(out / "images" / f"{sample.stem}.png", _grey8(y), durable=False)
             _write_targets(sample, out)
     with atomic_write(folder / "classes.yaml", "w") as fh:
         yaml.safe_dump(meta, fh, sort_keys=False)

@@ -94,11 +94,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                     no_decay_norm_bias=True, variant="s"),
     },
     "fast": {
-        "*": dict(epochs=40, batch_size=8, optimizer="adamw", lr=1e-3, min_lr_ratio=0.01, weight_decay=1e-2,
+        "*": dict(epochs=40, batch_size=4, optimizer="adamw", lr=1e-3, min_lr_ratio=0.01, weight_decay=1e-2,
                   momentum=0.9, schedule="cosine", warmup_epochs=1, hold_epochs=0, input_size=None,
                   scale=(0.75, 1.5), aspect_jitter=0.1, hflip=0.5, mosaic=0.0, mixup=0.0, close_mosaic=0.0,
                   ema=None, clip_grad=10.0, no_decay_norm_bias=False, freeze_epochs=0, amp="auto",
-                  class_weights="balanced", variant=None, weights=None, workers=0),
+                  class_weights=None, variant=None, weights=None, workers=0),
         "det": dict(lr=2e-3, weight_decay=5e-4, scale=(0.5, 1.5), mosaic=1.0, mixup=0.0, close_mosaic=0.2,
                     ema=0.999, no_decay_norm_bias=True),
     },

@@ -585,7 +585,10 @@ class MetaTrainer:
         epochs = self.cfg["train"]["epochs"]
         eval_every = self.cfg["run"]["eval_every"]
         while self.pos.epoch < epochs:
-            for phase, steps in (("meta", self.meta_steps), ("fusion", self.fusion_steps)):
+            # Warm-up epochs train F and T only: G's first meta-gradients then come from a
+            # task network that has learned something, not from a random one.
+            meta_steps = self.meta_steps if self.pos.epoch >= self.cfg["train"]["warmup_epochs"] else 0
+            for phase, steps in (("meta", meta_steps), ("fusion", self.fusion_steps)):
                 if _PHASES.index(phase) < _PHASES.index(self.pos.phase):
                     continue
                 self.pos.phase = phase
@@ -639,6 +642,7 @@ class MetaTrainer:
 
 #: (key, smallest allowed value) of the whole-number settings; None where null is allowed.
 _MINIMUM = {"data.batch_size": 1, "data.crop_size": 8, "data.num_workers": 0, "train.epochs": 1,
+            "train.warmup_epochs": 0,
             "train.meta_steps": 0, "train.fusion_steps": 1, "train.seed": 0, "run.save_every": 1, "run.keep": 1,
             "run.samples": 0, "run.eval_every": 0, "run.eval_limit": 1, "optim.step_size": 1}
 _NULLABLE = {"train.fusion_steps", "run.eval_limit"}

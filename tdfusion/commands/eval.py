@@ -78,7 +78,9 @@ def eval_config(args: argparse.Namespace, ckpt: dict | None) -> dict:
                                 preset=None, overrides=args.overrides)
         cfg, _ = resolve_config(ns)
         return cfg
-    cfg = saved
+    from .train import with_new_keys
+
+    cfg = with_new_keys(saved, schema)
     for flag, key in (("task", "task.name"), ("dataset", "dataset.name"), ("data_root", "dataset.root"),
                       ("device", "train.device")):
         if getattr(args, flag) is not None:

@@ -73,6 +73,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, Path | None]:
         cfg = extra.get("config") if isinstance(extra, dict) else None
         if not isinstance(cfg, dict) or not cfg:
             raise TDFusionError(f"{resume_ckpt}: holds no run config; pass --config")
+        cfg = with_new_keys(cfg, schema)
     elif args.dataset:
         recipe = find_recipe(args.dataset, args.task)
         cfg = load_config(recipe) if recipe else _plain(schema, args.dataset)
@@ -94,6 +95,14 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, Path | None]:
     cfg = apply_overrides(cfg, args.overrides, schema)
     validate(cfg, schema)
     return cfg, resume_ckpt
+
+
+def with_new_keys(saved: dict, schema: dict) -> dict:
+    """A run config saved by an earlier version, with the keys added since at their defaults
+    (their defaults keep the earlier behaviour)."""
+    from ..config import merge
+
+    return merge(schema, saved)
 
 
 def preset_names() -> list[str]:
