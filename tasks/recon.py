@@ -98,7 +98,9 @@ class ReconstructionTask(TaskHead):
         c = self.config
         net = ReconstructionNet(c["dim"], c["num_blocks"], c["heads"], c["ffn_expansion"])
         if c["weights"]:
-            state = torch.load(c["weights"], map_location="cpu", weights_only=True)
+            from tdfusion.checkpoint import safe_torch_load
+
+            state = safe_torch_load(c["weights"], "weights file")
             net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
         return net
 

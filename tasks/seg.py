@@ -127,8 +127,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch/safetensors raise many types for a bad file
+            from tdfusion.checkpoint import safe_torch_load
+
+            state = safe_torch_load(path, "weights file")
+    except TDFusionError:
+        raise
+    except Exception as exc:  # safetensors raises several types for a bad file
         raise TDFusionError(f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     # Unwrap the usual containers ({"state_dict": ...}, {"model": ...}).
     for key in ("state_dict", "model", "task_net"):
