@@ -146,16 +146,19 @@ def _fmt(v: float | None) -> str:
 def _metric_table(rows: Mapping[str, Mapping[str, float]], caption: str | None = None,
                   count: Mapping[str, int] | None = None) -> str:
     """HTML table: methods as rows, metrics as columns, best (highest) per column bold."""
+    from .results import best_at_precision
+
     names = [n for n in METRIC_NAMES if any(n in v for v in rows.values())]
-    best = {n: max(v[n] for v in rows.values() if n in v) for n in names}
+    methods = list(rows)
+    best = {n: best_at_precision([rows[m].get(n) for m in methods]) for n in names}
     head = "<tr><th>method</th>" + ("<th>images</th>" if count else "") + \
            "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
     body = []
-    for method, values in rows.items():
+    for row, (method, values) in enumerate(rows.items()):
         cells = []
         for n in names:
             v = values.get(n)
-            is_best = v is not None and v == best[n] and len(rows) > 1
+            is_best = row in best[n]
             cells.append(f'<td class="best">{_fmt(v)}</td>' if is_best else f"<td>{_fmt(v)}</td>")
         images = f"<td>{count[method]}</td>" if count else ""
         body.append(f"<tr><th>{html.escape(method)}</th>{images}{''.join(cells)}</tr>")

@@ -240,12 +240,12 @@ def _video_plan(args: argparse.Namespace):
     return sa, sb, min(sa.count, sb.count)
 
 
-def _fuse_frames(net, frames, args: argparse.Namespace, device) -> list:
+def _fuse_frames(net, frames, args: argparse.Namespace, batched: bool) -> list:
     """Fused frames (float [0, 1]) of a batch of ``(a, b)`` decoded frames.
 
-    On GPU the batch is one network call; on CPU each frame goes through the banded
-    executor (:mod:`tdfusion.chunked`), which keeps the work in cache and is as fast per
-    frame as a batched call there.
+    ``batched`` (on GPU): the batch is one network call. Otherwise (CPU) each frame goes
+    through the banded executor (:mod:`tdfusion.chunked`), which keeps the work in cache
+    and is as fast per frame as a batched call there.
     """
     import numpy as np
     import torch
@@ -253,13 +253,13 @@ def _fuse_frames(net, frames, args: argparse.Namespace, device) -> list:
     from ..colour import merge_luma, pair_chroma, split_luma
     from ..inference import normalize_minmax
 
-    if device.type == "cpu" or len(frames) == 1:
+    if not batched or len(frames) == 1:
         return [_fuse_pair(net, a, b, args)[1] for a, b in frames]
     frames = [(a, b if b.size == a.size else _resized(b, a.size)) for a, b in frames]
     split = [(split_luma(a.pixels), split_luma(b.pixels)) for a, b in frames]
     param = next(net.parameters())
-    ya = torch.from_numpy(np.stack([s[0][0] for s in split]))[:, None].to(device, param.dtype)
-    yb = torch.from_numpy(np.stack([s[1][0] for s in split]))[:, None].to(device, param.dtype)
+    ya = torch.from_numpy(np.stack([s[0][0] for s in split]))[:, None].to(param.device, param.dtype)
+    yb = torch.from_numpy(np.stack([s[1][0] for s in split]))[:, None].to(param.device, param.dtype)
     with torch.inference_mode():
         raw = net(ya, yb)[:, 0].float().cpu().numpy()
     out = []
@@ -300,7 +300,7 @@ def _run_video(args: argparse.Namespace, device) -> int:
             frames = zip(range(count), sa.frames(), sb.frames())
             while chunk := list(itertools.islice(frames, batch)):
                 wanted = [(i, a, b) for i, a, b in chunk if keep[i]]
-                fused = _fuse_frames(net, [(a, b) for _, a, b in wanted], args, device) if wanted else []
+                fused = _fuse_frames(net, [(a, b) for _, a, b in wanted], args, batch > 1) if wanted else []
                 for (i, a, b), pixels in zip(wanted, fused):
                     # Video containers hold 8-bit frames; frame folders keep 16-bit sources' depth.
                     if writer is not None:

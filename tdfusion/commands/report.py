@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     if args.columns < 1:
         raise TDFusionError(f"--columns {args.columns}: must be at least 1")
     out = check_destination(args.out)
-    jobs = plan_jobs(args.a, args.b, method_inputs(args.fused, args.names))
+    jobs = plan_jobs(args.a, args.b, method_inputs(args.fused, args.names),
+                     missing=[] if args.allow_missing else None)
     if args.crop is not None:
         x, y, _, _ = args.crop
         h, w = read_image(jobs[0].a).size
