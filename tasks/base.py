@@ -95,3 +95,8 @@ class TaskHead:
 
     def evaluator(self) -> Evaluator:
         raise NotImplementedError
+
+    def fitness(self, metrics: Mapping[str, Any]) -> float | None:
+        """One number, higher is better, from :meth:`evaluator`'s metrics: what ``best.pt``
+        is chosen by. ``None`` (the default, or a metric missing): no ``best.pt``."""
+        return None

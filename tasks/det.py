@@ -426,5 +426,10 @@ class DetectionTask(TaskHead):
         c = self.config
         return decode_predictions(raw, fused.shape[-2:], c["conf"], c["iou"], c["max_det"], c["multi_label"])
 
+    def fitness(self, metrics: Mapping[str, Any]) -> float | None:
+        """ultralytics' fitness, by which it keeps best.pt: 0.1 mAP50 + 0.9 mAP50-95."""
+        m50, m5095 = metrics.get("mAP50"), metrics.get("mAP50_95")
+        return None if m50 is None or m5095 is None else 0.1 * float(m50) + 0.9 * float(m5095)
+
     def evaluator(self) -> DetectionEvaluator:
         return DetectionEvaluator(self.class_names, self.config["max_det"])

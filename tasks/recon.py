@@ -112,5 +112,10 @@ class ReconstructionTask(TaskHead):
     def predict(self, net: nn.Module, fused: torch.Tensor) -> torch.Tensor:
         return net(self.adapt_input(fused))
 
+    def fitness(self, metrics: Mapping[str, Any]) -> float | None:
+        """Mean reconstruction PSNR of the two sources (dB)."""
+        values = [metrics.get(k) for k in ("psnr_a", "psnr_b")]
+        return None if any(v is None for v in values) else float(sum(values)) / 2
+
     def evaluator(self) -> Evaluator:
         return _ReconEvaluator(self.config["alpha"])

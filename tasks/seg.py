@@ -503,5 +503,10 @@ class SegmentationTask(TaskHead):
         size = tuple(fused.shape[-2:]) if size is None else tuple(size)
         return upsample_logits(self.predict(net, fused), size).argmax(dim=1)
 
+    def fitness(self, metrics: Mapping[str, Any]) -> float | None:
+        """mIoU, the segmentation papers' headline metric."""
+        value = metrics.get("mIoU")
+        return None if value is None else float(value)
+
     def evaluator(self) -> SegmentationEvaluator:
         return SegmentationEvaluator(self.num_classes, self.config["class_names"], self.config["ignore_index"])
