@@ -117,9 +117,9 @@ def provenance(checkpoint: str | os.PathLike | None = None, command: Sequence[st
 
     from . import __version__
 
-    argv = list(sys.argv if command is None else command)
-    if argv and Path(argv[0]).name in ("tdfusion", "__main__.py", "cli.py"):
-        argv[0] = "tdfusion"
+    from . import cli
+
+    argv = list(command or cli.CURRENT_COMMAND or sys.argv)
     info = {"command": shlex.join(argv), "tdfusion": __version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
     if checkpoint is not None and Path(checkpoint).is_file():
