@@ -99,3 +99,25 @@ def test_report_renders_in_chromium_and_the_check_catches_breakage(report, tmp_p
         assert any(p.startswith("link to nothing") for p in found)
     finally:
         driver.quit()
+
+
+def test_links_open_full_resolution_panels_with_the_one_colour_map(report, shared_data):
+    import cv2
+    import numpy as np
+
+    from tdfusion.api import loss_weight_maps
+    from tdfusion.checkpoint import load_checkpoint, load_module
+    from tdfusion.io import read_image
+
+    stem = sorted(p.name for p in (report / "full").iterdir())[0]
+    panels = report / "full" / stem
+    msrs = shared_data / "msrs_det" / "test"
+    a, b = read_image(msrs / "ir" / f"{stem}.png"), read_image(msrs / "vi" / f"{stem}.png")
+    assert cv2.imread(str(panels / "0_A__ir.png")).shape[:2] == a.size == (480, 640)
+    # G's map as report --checkpoint shows it: viridis, as in the training samples.
+    lossgen = load_module(load_checkpoint(report.parent / "run.pt"), "lossgen").eval()
+    w = loss_weight_maps(lossgen, a.pixels, b.pixels)["w_a"]
+    expected = cv2.applyColorMap(np.clip(np.rint(w * 255), 0, 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
+    np.testing.assert_array_equal(cv2.imread(str(panels / "4_w_A__intensity.png")), expected)
+    page = (report / "index.html").read_text()
+    assert f'href="full/{stem}/4_w_A__intensity.png"' in page
