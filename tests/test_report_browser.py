@@ -121,3 +121,11 @@ def test_links_open_full_resolution_panels_with_the_one_colour_map(report, share
     np.testing.assert_array_equal(cv2.imread(str(panels / "4_w_A__intensity.png")), expected)
     page = (report / "index.html").read_text()
     assert f'href="full/{stem}/4_w_A__intensity.png"' in page
+
+
+def test_report_records_its_provenance(report):
+    import hashlib
+
+    page = (report / "index.html").read_text()
+    sha = hashlib.sha256((report.parent / "run.pt").read_bytes()).hexdigest()
+    assert sha in page and "tdfusion report --a " in page and "UTC" in page and ">0.1.0<" in page
