@@ -116,3 +116,18 @@ def test_tie_at_the_fourth_decimal_is_not_best():
     assert best_at_precision([0.123401, 0.123449]) == set()   # both show 0.1234
     assert best_at_precision([0.1234, 0.1236]) == {1}
     assert best_at_precision([3.0, 2.0], lower=True) == {1}
+
+
+@pytest.mark.parametrize("content", [b"these are not weights\n" * 20, b"PK\x03\x04 not a zip either",
+                                     np.random.default_rng(0).bytes(4096)])  # torch: "retry with weights_only=False"
+def test_text_renamed_pth_gets_no_unsafe_advice(tmp_path, content):
+    """torch's message suggests weights_only=False (running the file): it must not reach users."""
+    from tdfusion.checkpoint import load_checkpoint
+
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(TDFusionError) as info:
+        load_checkpoint(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: not a readable checkpoint") and "\n" not in msg
+    assert "weights_only" not in msg and "trusted source" not in msg
