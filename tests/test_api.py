@@ -177,3 +177,10 @@ def test_evaluate_warns_on_unit_range_input(pair):
     y = cv2.cvtColor(vis, cv2.COLOR_RGB2GRAY)
     with pytest.warns(UserWarning, match="data_range"):
         evaluate(ir / 255.0, ir / 255.0, y / 255.0)
+
+
+def test_low_level_image_refuses_integer_pixels(pair):
+    from tdfusion.io import Image
+
+    with pytest.raises(TDFusionError, match="must be float in"):
+        Image(pair[0], 8)
