@@ -305,8 +305,9 @@ def fusion_metrics(fused: Any, a: Any, b: Any, *, data_range: float | None = Non
     ys = []
     for name, x in (("fused", fused), ("a", a), ("b", b)):
         image, _ = to_image(x, name, data_range)
-        # An 8-bit integer input is exactly v/255: luminance_255 then undoes it exactly.
-        ys.append(luminance_255(image if image.bit_depth == 8 else Image(image.pixels, 16)))
+        # Depth 8 (uint8 input on its full range) is exactly v/255: luminance_255 undoes it
+        # exactly, as it does for 8-bit files.
+        ys.append(luminance_255(image))
     try:
         return evaluate(*ys, vif_reduction=vif_reduction, metrics=metrics or METRIC_NAMES)
     except ValueError as exc:
