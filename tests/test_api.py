@@ -184,3 +184,16 @@ def test_low_level_image_refuses_integer_pixels(pair):
 
     with pytest.raises(TDFusionError, match="must be float in"):
         Image(pair[0], 8)
+
+
+def test_sixteen_bit_pil_and_torch_inputs(fuser, pair):
+    ir, vis = pair
+    a = ir.astype(np.uint16) * 257
+    b = cv2.cvtColor(vis, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257
+    ref = fuser(a, b)
+    out = fuser(PILImage.fromarray(a), PILImage.fromarray(b))
+    assert out.mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(out), ref)
+    t = fuser(torch.from_numpy(a.astype(np.int32)).to(torch.uint16), torch.from_numpy(b.astype(np.int32)).to(torch.uint16))
+    assert t.dtype == torch.uint16
+    np.testing.assert_array_equal(t.numpy(), ref)
