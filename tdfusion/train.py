@@ -707,7 +707,8 @@ def check_values(cfg: dict) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise TDFusionError(f"config key {key!r}: expected a number >= 0, got {value!r}")
-    loggers = cfg["run"].get("loggers")
+    # A run resumed from a checkpoint older than run.loggers kept only the JSONL log: so it stays.
+    loggers = cfg["run"].setdefault("loggers", ["jsonl"])
     if not isinstance(loggers, list) or any(name not in LOGGERS for name in loggers):
         raise TDFusionError(f"config key 'run.loggers': expected a list of {', '.join(LOGGERS)}, got {loggers!r}")
     for key in ("task.name", "dataset.name", "dataset.train_split", "fusion.arch", "lossgen.arch"):
