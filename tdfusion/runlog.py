@@ -13,7 +13,7 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 

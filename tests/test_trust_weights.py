@@ -6,7 +6,6 @@ A pickle can run any code while it is unpickled. Every weights file is read with
 """
 from __future__ import annotations
 
-import pickle
 
 import pytest
 import torch

@@ -5,7 +5,6 @@ the Python API fusing the same two frames."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import cv2
 import numpy as np
