@@ -16,6 +16,8 @@ from .errors import TDFusionError
 
 # Order = order in ``tdfusion --help``.
 COMMANDS = tuple(SUMMARY)
+#: The command line being run (``["tdfusion", ...]``), for the provenance of reports.
+CURRENT_COMMAND: list[str] | None = None
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -42,7 +44,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CURRENT_COMMAND
     argv = sys.argv[1:] if argv is None else list(argv)
+    CURRENT_COMMAND = ["tdfusion", *argv]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:

@@ -38,6 +38,13 @@ class Image:
     pixels: np.ndarray
     bit_depth: int  # 8 or 16: the depth it should be written back at
 
+    def __post_init__(self) -> None:
+        # Integer pixels here would be fused as if 255 were 255.0 times white: refuse them
+        # (tdfusion.Fuser takes uint8/uint16 arrays and converts them).
+        if not np.issubdtype(np.asarray(self.pixels).dtype, np.floating):
+            raise TDFusionError(f"Image pixels must be float in [0, 1], not {np.asarray(self.pixels).dtype}; "
+                                f"tdfusion.Fuser takes integer arrays as they are")
+
     @property
     def is_gray(self) -> bool:
         return self.pixels.ndim == 2

@@ -10,7 +10,19 @@ from typing import Any
 
 from .io import atomic_write
 
-__all__ = ["jsonable", "print_summary_table", "print_table", "scalar_metrics", "write_csv", "write_json", "write_summary_csv"]
+__all__ = ["best_at_precision", "jsonable", "print_summary_table", "print_table", "scalar_metrics", "write_csv",
+           "write_json", "write_summary_csv"]
+
+
+def best_at_precision(values: list[float | None], digits: int = 4, lower: bool = False) -> set[int]:
+    """Indices of the best values *as shown* (rounded to ``digits``): none when every shown
+    value is equal (a tie at the shown precision is no winner), all those tied for best
+    otherwise. ``None`` and non-finite values never win."""
+    shown = {i: round(v, digits) for i, v in enumerate(values) if _is_number(v) and math.isfinite(v)}
+    if len(set(shown.values())) < 2:
+        return set()
+    best = min(shown.values()) if lower else max(shown.values())
+    return {i for i, v in shown.items() if v == best}
 
 
 def jsonable(obj: Any) -> Any:
@@ -49,17 +61,15 @@ def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
     table.add_column("source")
     for c in columns:
         table.add_column(c, justify="right")
-    best = {}
-    for c in columns:
-        values = [m[c] for m in results.values() if _is_number(m.get(c)) and math.isfinite(m[c])]
-        if values:
-            best[c] = min(values) if "loss" in c else max(values)
-    for name, metrics in results.items():
+    names = list(results)
+    best = {c: best_at_precision([results[n].get(c) for n in names], 4, lower="loss" in c) for c in columns}
+    for row, name in enumerate(names):
+        metrics = results[name]
         cells = []
         for c in columns:
             v = metrics.get(c)
             text = f"{v:.4f}" if _is_number(v) else "-"
-            cells.append(f"[bold green]{text}[/]" if _is_number(v) and len(results) > 1 and v == best.get(c) else text)
+            cells.append(f"[bold green]{text}[/]" if row in best[c] else text)
         table.add_row(name, *cells)
     console = Console()
     console.print(table)
@@ -80,17 +90,21 @@ def _print_per_class(console, results: dict[str, dict[str, Any]]) -> None:
             if cls not in classes:
                 classes.append(cls)
             metrics += [k for k, v in (vals or {}).items() if k not in metrics and (_is_number(v) or v is None)]
+    # Classes x sources as rows and the metrics as columns: a column per (source, metric)
+    # made the table so wide that at 80 columns rich cut every header and value to "fus…".
     table = Table(title="per class")
-    table.add_column("class")
-    for name in per:
-        for m in metrics:
-            table.add_column(f"{name} {m}" if len(per) > 1 else m, justify="right")
+    table.add_column("class", no_wrap=True)
+    if len(per) > 1:
+        table.add_column("source", no_wrap=True)
+    for m in metrics:
+        table.add_column(m, justify="right", no_wrap=True)
     for cls in classes:
-        row = []
-        for name in per:
+        for i, name in enumerate(per):
             vals = per[name].get(cls) or {}
-            row += [f"{vals[m]:.4f}" if _is_number(vals.get(m)) else "-" for m in metrics]
-        table.add_row(str(cls), *row)
+            cells = [f"{vals[m]:.4f}" if _is_number(vals.get(m)) else "-" for m in metrics]
+            label = str(cls) if i == 0 else ""
+            table.add_row(label, *([name] if len(per) > 1 else []), *cells,
+                          end_section=len(per) > 1 and i == len(per) - 1)
     console.print(table)
 
 

@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", metavar="NAME",
                    help="lay a preset over the recipe: official = the released TDFusion code's choices "
                         "(configs/presets/, docs/fidelity.md)")
+    p.add_argument("--trust-weights", action="store_true", default=None,
+                   help="let --task-weights be a pickled ultralytics checkpoint: unpickling can run any code "
+                        "the file carries, so only for files you trust (task.trust_weights)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic kernels: bit-identical CPU runs for a seed (train.deterministic)")
     p.add_argument("--resume", nargs="?", const="", metavar="PATH",
@@ -86,7 +89,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, Path | None]:
         cfg = apply_preset(cfg, preset, schema)
     for flag, key in (("task", "task.name"), ("data_root", "dataset.root"), ("out", "run.out"),
                       ("device", "train.device"), ("epochs", "train.epochs"), ("task_weights", "task.weights"),
-                      ("deterministic", "train.deterministic")):
+                      ("trust_weights", "task.trust_weights"), ("deterministic", "train.deterministic")):
         value = getattr(args, flag, None)  # callers such as eval build a Namespace without every flag
         if value is not None:
             set_key(cfg, key, value)

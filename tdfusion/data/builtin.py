@@ -58,13 +58,16 @@ class SyntheticDataset(PairDataset):
         return Sample(p.ir, split_luma(p.vis)[0], f"{index:05d}{'N' if p.night else 'D'}", target)
 
 
-@register_dataset("synthetic")
+@register_dataset("synthetic", serves="seg, det, recon (option target: mask, boxes, none)")
 def _synthetic(root, split, **options) -> PairDataset:
     """Built-in synthetic road scenes generated on the fly (no files); options: length, size, seed, target."""
     return SyntheticDataset(split, **options)
 
 
-@register_dataset("pairs")
+_synthetic.options_of = SyntheticDataset.__init__
+
+
+@register_dataset("pairs", serves="recon (fusion pairs, no labels)")
 def _pairs(root, split, dir_a: str = "ir", dir_b: str = "vi", cache: bool = False) -> PairDataset:
     """Fusion-only pairs: ``<root>/<split>/<dir_a>`` and ``<root>/<split>/<dir_b>``.
 
