@@ -51,14 +51,18 @@ class TaskHead:
     target_kind: ClassVar[str] = "none"
     #: Config keys and their defaults; the run config may override any of them.
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Keys every task accepts (``task:`` of configs/base.yaml). ``trust_weights``: a task
+    #: that can read pickled checkpoints (det: ultralytics') unpickles them only when true.
+    common: ClassVar[dict[str, Any]] = {"trust_weights": False}
 
     def __init__(self, config: Mapping[str, Any] | None = None):
         config = dict(config or {})
-        unknown = sorted(set(config) - set(self.defaults))
+        known = {**self.common, **self.defaults}
+        unknown = sorted(set(config) - set(known))
         if unknown:
             raise ValueError(f"unknown {self.name} task option(s): {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(self.defaults)) or 'none'}")
-        self.config = {**self.defaults, **config}
+                             f"known: {', '.join(sorted(known))}")
+        self.config = {**known, **config}
 
     # -- network ----------------------------------------------------------------
     def build_network(self) -> nn.Module:
@@ -91,3 +95,8 @@ class TaskHead:
 
     def evaluator(self) -> Evaluator:
         raise NotImplementedError
+
+    def fitness(self, metrics: Mapping[str, Any]) -> float | None:
+        """One number, higher is better, from :meth:`evaluator`'s metrics: what ``best.pt``
+        is chosen by. ``None`` (the default, or a metric missing): no ``best.pt``."""
+        return None

@@ -76,20 +76,24 @@ def build_yolov8(num_classes: int, variant: str = "n", channels: int = 1) -> nn.
     return DetectionModel(f"yolov8{variant}.yaml", ch=channels, nc=num_classes, verbose=False)
 
 
-def _state_dict_from_file(path: str) -> dict[str, torch.Tensor]:
+TRUST_HINT = ("pass --trust-weights (task.trust_weights: true) to unpickle it anyway, only for a file "
+              "from a source you trust, or give a plain state_dict (torch.save(model.state_dict(), path))")
+
+
+def _state_dict_from_file(path: str, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file. ``trust``: also unpickle full ultralytics checkpoints
+    (they pickle the model object, and unpickling can run any code the file carries)."""
+    from tdfusion.checkpoint import safe_torch_load
+
     if not os.path.isfile(path):
         raise TDFusionError(f"{path}: no such task weights file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - anything weights_only refuses or cannot parse
-        if "Unsupported global" not in str(exc):  # not a pickled object that weights_only refuses
-            raise TDFusionError(f"{path}: not a PyTorch weights file ({str(exc).splitlines()[0]})") from None
-        # ultralytics checkpoints pickle the model object, so (like ultralytics itself) they
-        # can only be read by unpickling: pass only files you trust.
+    if trust:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:  # noqa: BLE001
-            raise TDFusionError(f"{path}: cannot read task weights ({str(exc2).splitlines()[0]})") from None
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+            raise TDFusionError(f"{path}: cannot read task weights ({str(exc).splitlines()[0]})") from None
+    else:
+        obj = safe_torch_load(path, "weights file", trust_hint=TRUST_HINT)
     if isinstance(obj, dict):
         for key in ("ema", "model", "state_dict", "task", "task_net"):
             if obj.get(key) is not None:
@@ -102,8 +106,11 @@ def _state_dict_from_file(path: str) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_yolov8_weights(net: nn.Module, path: str) -> tuple[int, int]:
+def load_yolov8_weights(net: nn.Module, path: str, trust: bool = False) -> tuple[int, int]:
     """Load a local ``.pt`` into ``net``; returns ``(tensors loaded, tensors in net)``.
+
+    Files load with ``weights_only=True``; a pickled ultralytics checkpoint is refused
+    unless ``trust`` (``--trust-weights``) says the file may be unpickled.
 
     Tensors are matched by name and shape. A 3-channel first convolution (ultralytics'
     RGB checkpoints) is folded to one channel by summing over its input channels, which
@@ -111,7 +118,7 @@ def load_yolov8_weights(net: nn.Module, path: str) -> tuple[int, int]:
     differs (e.g. the class branch of a head trained for other classes) keep their
     fresh initialisation, with a warning.
     """
-    source = _state_dict_from_file(path)
+    source = _state_dict_from_file(path, trust)
     target = net.state_dict()
     loaded = {}
     for name, t in target.items():
@@ -358,7 +365,7 @@ class DetectionTask(TaskHead):
     def build_network(self) -> nn.Module:
         net = build_yolov8(self.num_classes, self.config["variant"])
         if self.config["weights"]:
-            load_yolov8_weights(net, str(self.config["weights"]))
+            load_yolov8_weights(net, str(self.config["weights"]), bool(self.config["trust_weights"]))
         return net
 
     def adapt_input(self, fused: torch.Tensor) -> torch.Tensor:
@@ -418,6 +425,11 @@ class DetectionTask(TaskHead):
         raw = out[0] if isinstance(out, (tuple, list)) else out
         c = self.config
         return decode_predictions(raw, fused.shape[-2:], c["conf"], c["iou"], c["max_det"], c["multi_label"])
+
+    def fitness(self, metrics: Mapping[str, Any]) -> float | None:
+        """ultralytics' fitness, by which it keeps best.pt: 0.1 mAP50 + 0.9 mAP50-95."""
+        m50, m5095 = metrics.get("mAP50"), metrics.get("mAP50_95")
+        return None if m50 is None or m5095 is None else 0.1 * float(m50) + 0.9 * float(m5095)
 
     def evaluator(self) -> DetectionEvaluator:
         return DetectionEvaluator(self.class_names, self.config["max_det"])

@@ -98,7 +98,9 @@ class ReconstructionTask(TaskHead):
         c = self.config
         net = ReconstructionNet(c["dim"], c["num_blocks"], c["heads"], c["ffn_expansion"])
         if c["weights"]:
-            state = torch.load(c["weights"], map_location="cpu", weights_only=True)
+            from tdfusion.checkpoint import safe_torch_load
+
+            state = safe_torch_load(c["weights"], "weights file")
             net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
         return net
 
@@ -109,6 +111,11 @@ class ReconstructionTask(TaskHead):
     @torch.no_grad()
     def predict(self, net: nn.Module, fused: torch.Tensor) -> torch.Tensor:
         return net(self.adapt_input(fused))
+
+    def fitness(self, metrics: Mapping[str, Any]) -> float | None:
+        """Mean reconstruction PSNR of the two sources (dB)."""
+        values = [metrics.get(k) for k in ("psnr_a", "psnr_b")]
+        return None if any(v is None for v in values) else float(sum(values)) / 2
 
     def evaluator(self) -> Evaluator:
         return _ReconEvaluator(self.config["alpha"])

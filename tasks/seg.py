@@ -127,8 +127,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch/safetensors raise many types for a bad file
+            from tdfusion.checkpoint import safe_torch_load
+
+            state = safe_torch_load(path, "weights file")
+    except TDFusionError:
+        raise
+    except Exception as exc:  # safetensors raises several types for a bad file
         raise TDFusionError(f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     # Unwrap the usual containers ({"state_dict": ...}, {"model": ...}).
     for key in ("state_dict", "model", "task_net"):
@@ -498,6 +502,11 @@ class SegmentationTask(TaskHead):
         """``(B, H, W)`` int64 class ids at ``size`` (default: the fused image's size)."""
         size = tuple(fused.shape[-2:]) if size is None else tuple(size)
         return upsample_logits(self.predict(net, fused), size).argmax(dim=1)
+
+    def fitness(self, metrics: Mapping[str, Any]) -> float | None:
+        """mIoU, the segmentation papers' headline metric."""
+        value = metrics.get("mIoU")
+        return None if value is None else float(value)
 
     def evaluator(self) -> SegmentationEvaluator:
         return SegmentationEvaluator(self.num_classes, self.config["class_names"], self.config["ignore_index"])

@@ -36,8 +36,8 @@ FORMAT = "tdfusion"
 VERSION = 1
 
 __all__ = [
-    "FORMAT", "VERSION", "convert_refusion_state_dict", "load_checkpoint", "load_fusion_net",
-    "module_record", "save_checkpoint",
+    "FORMAT", "VERSION", "build_fusion_net", "convert_refusion_state_dict", "load_checkpoint", "load_fusion_net",
+    "module_record", "safe_torch_load", "save_checkpoint",
 ]
 
 # Reference name -> toolkit name, applied in order to each key (first match wins per rule).
@@ -103,24 +103,51 @@ def convert_refusion_state_dict(sd: Mapping[str, torch.Tensor], source: str = "c
     return config, out
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint file as a toolkit-format dict (published ReFusion files converted).
+def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint",
+                    map_location: str | torch.device = "cpu", trust_hint: str | None = None) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file.
 
-    Raises :class:`TDFusionError` naming the file when it is missing, unreadable, or of
-    an unknown kind.
+    Weights only: a file that needs full unpickling (a pickled Python object, which can run
+    any code while it loads) is refused, and so is anything that is not a torch file. The
+    message never relays torch's advice to retry with ``weights_only=False``; where the
+    caller offers a safe opt-in, ``trust_hint`` names it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TDFusionError(f"{path}: no such checkpoint file")
     try:
         with warnings.catch_warnings():
             # Garbage bytes can look like an odd pickle protocol to torch, which then warns
             # before it fails: the one-line error below says all there is to say.
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TDFusionError(f"{path}: not a readable checkpoint ({reason})") from None
+        text = str(exc)
+        found = re.search(r"unsupported GLOBAL ([\w.]+)", text, re.I) or re.search(r"global: GLOBAL ([\w.]+)", text)
+        if found:
+            hint = f"; {trust_hint}" if trust_hint else ""
+            raise TDFusionError(f"{path}: not a readable {what}: it holds pickled Python objects ({found.group(1)}), "
+                                f"which could run code when loaded; tdfusion loads weights only{hint}") from None
+        # torch's own text suggests retrying with weights_only=False, i.e. running whatever
+        # the file contains: keep only the lines that say what is wrong.
+        lines = [line.strip() for line in text.splitlines() if line.strip()
+                 and not re.search(r"weights.only|torch\.load|https?://|trusted source", line, re.I)]
+        reason = lines[0] if lines else "not a PyTorch file"
+        raise TDFusionError(f"{path}: not a readable {what} ({type(exc).__name__}: {reason})") from None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint file as a toolkit-format dict (published ReFusion files converted).
+
+    ``path`` may also name a published model (``refusion-ivif``..., see
+    :mod:`tdfusion.hub`): it is downloaded to the cache once and read from there.
+    Raises :class:`TDFusionError` naming the file when it is missing, unreadable, or of
+    an unknown kind.
+    """
+    from .hub import resolve_checkpoint
+
+    path = resolve_checkpoint(path)
+    if not path.is_file():
+        raise TDFusionError(f"{path}: no such checkpoint file (nor a published model name: "
+                            f"tdfusion fuse --help lists them)")
+    obj = safe_torch_load(path, "checkpoint", map_location)
     if _is_refusion_state_dict(obj):
         config, sd = convert_refusion_state_dict(obj, str(path))
         return {"format": FORMAT, "version": VERSION,
@@ -158,12 +185,18 @@ def _build(record: Mapping, what: str, path: str) -> nn.Module:
     return net
 
 
-def load_fusion_net(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Build the fusion network stored in a checkpoint; returns ``(net in eval mode, checkpoint)``."""
-    ckpt = load_checkpoint(path)
+def build_fusion_net(ckpt: Mapping, path: str = "checkpoint") -> nn.Module:
+    """The fusion network of a loaded checkpoint (on the CPU, in training mode)."""
     if "fusion" not in ckpt:
         raise TDFusionError(f"{path}: checkpoint holds no fusion network")
-    net = _build(ckpt["fusion"], "fusion", str(path))
+    return _build(ckpt["fusion"], "fusion", str(path))
+
+
+def load_fusion_net(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Build the fusion network stored in a checkpoint (a file or a published model name);
+    returns ``(net in eval mode, checkpoint)``."""
+    ckpt = load_checkpoint(path)
+    net = build_fusion_net(ckpt, str(path))
     return net.to(device).eval(), ckpt
 
 

@@ -18,6 +18,8 @@ from .errors import TDFusionError
 COMMANDS = tuple(SUMMARY)
 #: Commands that compute (torch or OpenCV): each takes ``--threads``, applied in :func:`main`.
 COMPUTING = frozenset(SUMMARY) - {"data", "convert"}
+#: The command line being run (``["tdfusion", ...]``), for the provenance of reports.
+CURRENT_COMMAND: list[str] | None = None
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -53,7 +55,9 @@ def add_threads_argument(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CURRENT_COMMAND
     argv = sys.argv[1:] if argv is None else list(argv)
+    CURRENT_COMMAND = ["tdfusion", *argv]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:

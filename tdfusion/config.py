@@ -23,18 +23,19 @@ import yaml
 
 from .errors import TDFusionError
 
-__all__ = ["CONFIG_DIR", "apply_overrides", "find_recipe", "load_config", "set_key", "validate"]
+__all__ = ["CONFIG_DIR", "apply_overrides", "find_recipe", "load_config", "merge", "set_key", "validate"]
 
 #: Where the shipped configs live (the repository's ``configs/``).
 CONFIG_DIR = Path(os.environ.get("TDFUSION_CONFIGS", Path(__file__).resolve().parents[1] / "configs"))
 _OPEN_SECTIONS = ("task", "dataset.options", "recipe")
 
 
-def _merge(base: dict, child: dict) -> dict:
+def merge(base: dict, child: dict) -> dict:
+    """Recursive merge of two configs, ``child`` winning (a new dict; inputs untouched)."""
     out = copy.deepcopy(base)
     for k, v in child.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -72,7 +73,7 @@ def load_config(path: str | os.PathLike | None = None, _seen: tuple = ()) -> dic
         return data
     if not isinstance(parent, str) or not parent:
         raise TDFusionError(f"{path}: _base_ must name a config file, got {parent!r}")
-    return _merge(load_config(path.parent / parent, _seen + (path,)), data)
+    return merge(load_config(path.parent / parent, _seen + (path,)), data)
 
 
 def _flat_keys(d: dict, prefix: str = "") -> Iterable[str]:

@@ -34,13 +34,53 @@ from torch.func import functional_call
 from .losses import FUSION_LOSSES, fusion_loss
 
 __all__ = [
-    "LossSettings", "Params", "fixed_weights", "fusion_objective", "loss_weights", "inner_update", "meta_gradient",
-    "meta_objective", "params_of", "task_inner_update", "task_objective", "trainable",
+    "LossSettings", "Params", "TaskStep", "adam_task_step", "fixed_weights", "fusion_objective", "loss_weights",
+    "inner_update", "meta_gradient", "meta_objective", "params_of", "task_inner_update", "task_objective", "trainable",
 ]
 
 Params = dict[str, torch.Tensor]
 #: Maps a list of gradients to the list to use instead (e.g. averaged across processes).
 GradReducer = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+#: T's inner step: ``(names, params, grads) -> {name: stepped tensor}`` for the named
+#: trainable parameters (a gradient may be None: unused parameter, left as it is).
+TaskStep = Callable[[list[str], Mapping[str, torch.Tensor], list], Params]
+
+
+def adam_task_step(optimizer: torch.optim.Adam) -> TaskStep:
+    """T's inner step as the released TDFusion code takes it: one step of T's own Adam.
+
+    The code calls its Adam's ``step()``, evaluates the outer loss, then reloads T's
+    weights from disk; the optimiser's moments and step count are not restored. So here
+    the step is returned as new tensors (T's weights stay untouched, which is what the
+    reload amounts to) while the optimiser's state advances in place and is kept.
+    Hyper-parameters (lr, betas, eps, weight decay) are the optimiser's current ones.
+    """
+    group = optimizer.param_groups[0]
+    if group.get("amsgrad") or group.get("maximize"):
+        raise ValueError("adam_task_step supports plain Adam only")
+
+    @torch.no_grad()
+    def step(names: list[str], params: Mapping[str, torch.Tensor], grads: list) -> Params:
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        out = {}
+        for n, g in zip(names, grads):
+            p = params[n]
+            if g is None:
+                continue
+            state = optimizer.state[p]
+            if not state:
+                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p),
+                             exp_avg_sq=torch.zeros_like(p))
+            g = g + wd * p if wd else g
+            state["step"] += 1
+            t = float(state["step"])
+            state["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+            state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (state["exp_avg_sq"] / (1 - b2 ** t)).sqrt_().add_(eps)
+            out[n] = p - lr / (1 - b1 ** t) * state["exp_avg"] / denom
+        return out
+
+    return step
 
 
 @dataclass(frozen=True)
@@ -130,21 +170,26 @@ def task_objective(task, task_net: nn.Module, t_params: Mapping[str, torch.Tenso
 
 
 def task_inner_update(task, task_net: nn.Module, t_params: Mapping[str, torch.Tensor], fused: torch.Tensor,
-                      batch: Mapping[str, Any], lr: float,
+                      batch: Mapping[str, Any], lr: float | TaskStep,
                       reduce_grads: GradReducer | None = None) -> tuple[Params, torch.Tensor]:
-    """One ordinary (first-order) SGD step of T: ``theta_T' = theta_T - lr * dL_t/dtheta_T``.
+    """One ordinary (first-order) step of T: SGD, ``theta_T' = theta_T - lr * dL_t/dtheta_T``
+    (the papers' equation), or, when ``lr`` is a :data:`TaskStep` such as
+    :func:`adam_task_step`, that step.
 
     ``fused`` should be detached (the task loss never reaches F here). Returns
     ``(theta_T' detached, loss)``.
     """
     loss = task_objective(task, task_net, t_params, fused, batch, copy_buffers=True)
     names = list(trainable(t_params))
-    if lr == 0.0 or not names:
+    if (not callable(lr) and lr == 0.0) or not names:
         return {k: p.detach() for k, p in t_params.items()}, loss.detach()
     grads = torch.autograd.grad(loss, [t_params[n] for n in names], allow_unused=True)
     if reduce_grads is not None:  # unused parameters count as zero so every caller reduces one layout
         grads = reduce_grads([g if g is not None else torch.zeros_like(t_params[n]) for n, g in zip(names, grads)])
     stepped = {k: p.detach() for k, p in t_params.items()}
+    if callable(lr):
+        stepped.update({n: v.detach() for n, v in lr(names, t_params, list(grads)).items()})
+        return stepped, loss.detach()
     for n, g in zip(names, grads):
         if g is not None:
             stepped[n] = (t_params[n] - lr * g).detach()
@@ -161,7 +206,7 @@ def meta_objective(fusion_net: nn.Module, f_stepped: Mapping[str, torch.Tensor],
 def meta_gradient(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor], lossgen: nn.Module,
                   g_params: Mapping[str, torch.Tensor], task, task_net: nn.Module,
                   t_params: Mapping[str, torch.Tensor], train_batch: Mapping[str, Any],
-                  test_batch: Mapping[str, Any], inner_lr: float, task_inner_lr: float,
+                  test_batch: Mapping[str, Any], inner_lr: float, task_inner_lr: float | TaskStep,
                   settings: LossSettings, reduce_grads: GradReducer | None = None) -> tuple[Params, dict[str, float]]:
     """d L_t(T'(F'(meta-test))) / d theta_G for one meta iteration (inner + outer update).
 

@@ -1,16 +1,16 @@
-"""Downstream evaluation of image sources, and the papers' retrain-per-source protocol.
+"""Scoring image sources with one given task network: ``tdfusion eval``, the training diagnostic.
 
 A *source* is what the task network looks at: one of the two inputs (``ir``/``vis``),
-the fused image of a tdfusion checkpoint computed on the fly, or a folder of fused
-images made by any method. Every source is brought to the task input size the same
-way (the whole image resized), and targets stay at their native resolution.
+the fused image of a tdfusion checkpoint computed on the fly from the task-size inputs
+(as during training), or a folder of fused images made by any method. Every source is
+brought to the task input size (the whole image resized); targets stay at their native
+resolution.
 
-* :func:`evaluate_sources` scores several sources with one task network (e.g. the one
-  trained jointly with the fusion network): ``tdfusion eval``.
-* :func:`compare_sources` is the comparison protocol of TDFusion (Table 2): for each
-  source, train the same task network from scratch on that source's training images
-  with the same schedule and seed, then evaluate it on that source's test images:
-  ``tdfusion compare``.
+:func:`evaluate_sources` scores several sources with one task network, typically the one
+trained jointly with the fusion network. That favours the checkpoint it was trained
+with, so it is a diagnostic of a run, not a comparison of methods: that is
+:mod:`tdfusion.comparison` (``tdfusion compare``), which retrains the task network per
+source.
 """
 from __future__ import annotations
 
@@ -26,14 +26,11 @@ from torch import nn
 
 from .data import collate, eval_view, to_device
 from .data.base import PairDataset, luminance
-from .data.views import train_view
 from .errors import TDFusionError
 from .io import list_images
-from .optim import make_optimizer
 from .progress import progress_bar
 
-__all__ = ["ImageSource", "compare_sources", "evaluate_sources", "fused_folder_source", "fusion_source",
-           "input_source", "train_task_only"]
+__all__ = ["ImageSource", "evaluate_sources", "fused_folder_source", "fusion_source", "input_source"]
 
 
 @dataclass
@@ -118,45 +115,3 @@ def evaluate_sources(task, task_net: nn.Module, sources: list[ImageSource], data
                      device, split: str = "test", limit: int | None = None) -> dict[str, dict[str, Any]]:
     """``{source name: metrics}`` for one task network over several sources."""
     return {s.name: evaluate_source(task, task_net, s, dataset, task_size, device, split, limit) for s in sources}
-
-
-def train_task_only(task, source: ImageSource, dataset: PairDataset, *, epochs: int, batch_size: int, lr: float,
-                    task_size, crop_size: int, hflip: bool, seed: int, device, split: str = "train") -> nn.Module:
-    """Train a fresh task network on one source's images (no fusion learning)."""
-    torch.manual_seed(seed)
-    net = task.build_network().to(device)
-    opt = make_optimizer(net.parameters(), lr)
-    n = len(dataset)
-    steps = epochs * max(1, -(-n // batch_size))
-    net.train()
-    with progress_bar(steps, f"training on {source.name}") as advance:
-        for epoch in range(epochs):
-            perm = np.random.default_rng([seed, epoch]).permutation(n)
-            for start in range(0, n, batch_size):
-                idx = perm[start:start + batch_size]
-                items = [train_view(dataset[int(i)], np.random.default_rng([seed, epoch, int(i)]), crop_size,
-                                    task_size, hflip) for i in idx]
-                batch = to_device(collate(items), device)
-                loss = task.loss(net, {**dict(net.named_parameters()), **dict(net.named_buffers())},
-                                 source.image(batch, split), batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                advance(1, loss=loss.item())
-    return net
-
-
-def compare_sources(task, sources: list[ImageSource], train_set: PairDataset, test_set: PairDataset, *,
-                    epochs: int, batch_size: int, lr: float, task_size, crop_size: int,
-                    seed: int, device, limit: int | None = None) -> dict[str, dict[str, Any]]:
-    """The retrain-per-source protocol: same network, schedule and seed for every source.
-
-    No flips: images of another method's folder cannot be flipped together with the
-    views, and every source must see exactly the same schedule.
-    """
-    results = {}
-    for source in sources:
-        net = train_task_only(task, source, train_set, epochs=epochs, batch_size=batch_size, lr=lr,
-                              task_size=task_size, crop_size=crop_size, hflip=False, seed=seed, device=device)
-        results[source.name] = evaluate_source(task, net, source, test_set, task_size, device, "test", limit)
-    return results

@@ -38,6 +38,13 @@ class Image:
     pixels: np.ndarray
     bit_depth: int  # 8 or 16: the depth it should be written back at
 
+    def __post_init__(self) -> None:
+        # Integer pixels here would be fused as if 255 were 255.0 times white: refuse them
+        # (tdfusion.Fuser takes uint8/uint16 arrays and converts them).
+        if not np.issubdtype(np.asarray(self.pixels).dtype, np.floating):
+            raise TDFusionError(f"Image pixels must be float in [0, 1], not {np.asarray(self.pixels).dtype}; "
+                                f"tdfusion.Fuser takes integer arrays as they are")
+
     @property
     def is_gray(self) -> bool:
         return self.pixels.ndim == 2
@@ -197,14 +204,23 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_image(path: str | os.PathLike, pixels: np.ndarray) -> None:
-    """Write a uint8/uint16 ``(H, W)`` or RGB ``(H, W, 3)`` array atomically."""
+def write_image(path: str | os.PathLike, pixels: np.ndarray, durable: bool = True) -> None:
+    """Write a uint8/uint16 ``(H, W)`` or RGB ``(H, W, 3)`` array atomically.
+
+    ``durable=False`` is for scratch files (e.g. ``tdfusion compare``'s source folders):
+    the same bytes, written without the two fsyncs, which on a busy disk cost more than
+    encoding a small image.
+    """
     path = Path(path)
     if pixels.ndim == 3:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(path.suffix or ".png", pixels)
     if not ok:
         raise TDFusionError(f"{path}: cannot encode image in this format")
+    if not durable:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buf.tobytes())
+        return
     with atomic_write(path) as fh:
         fh.write(buf.tobytes())
 

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from .engine import (LossSettings, Params, loss_weights, meta_logs, task_inner_update, task_objective,
-                     trainable)
+from .engine import (LossSettings, Params, TaskStep, loss_weights, meta_logs, task_inner_update,
+                     task_objective, trainable)
 from .losses import fusion_loss
 
 with warnings.catch_warnings():
@@ -55,7 +55,7 @@ __all__ = ["meta_gradient_jvp"]
 def meta_gradient_jvp(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor], lossgen: nn.Module,
                       g_params: Mapping[str, torch.Tensor], task, task_net: nn.Module,
                       t_params: Mapping[str, torch.Tensor], train_batch: Mapping[str, Any],
-                      test_batch: Mapping[str, Any], inner_lr: float, task_inner_lr: float,
+                      test_batch: Mapping[str, Any], inner_lr: float, task_inner_lr: "float | TaskStep",
                       settings: LossSettings, reduce_grads=None,
                       timings: dict[str, float] | None = None) -> tuple[Params, dict[str, float]]:
     """Drop-in for :func:`tdfusion.engine.meta_gradient`: same arguments, same result.

@@ -2,8 +2,11 @@
 
 A report is a folder::
 
-    index.html            summary table (metric means per method) + one section per image
-    sheets/<stem>.png     contact sheet: A | B | each method (| G's weight maps), labelled
+    index.html            provenance (command, version, checkpoint sha256, date), summary table
+                          (metric means per method) + one section per image
+    sheets/<stem>.jpg     contact sheet: A | B | each method (| G's weight maps), labelled, with
+                          a colour bar under G's maps; JPEG thumbnails keep the page light
+    full/<stem>/*.png     every panel at full resolution (the sheet's links open these)
     crops/<stem>.png      the same panels cropped to a region of interest (optional)
     metrics.json, .csv    the values shown, in the ``tdfusion metrics`` format
     .tdfusion-report      marker: lets a later run replace this folder, and nothing else
@@ -36,11 +39,95 @@ from .io import file_umask, write_image
 from .metrics.evaluate import METRIC_NAMES
 from .metrics.folders import csv_text
 
-__all__ = ["MARKER", "ReportEntry", "check_destination", "contact_sheet", "to_display", "write_report"]
+__all__ = ["MARKER", "ReportEntry", "check_destination", "colour_bar", "contact_sheet", "is_weight_map",
+           "provenance", "sample_sheet", "to_display", "weight_map_rgb", "write_report"]
 
 MARKER = ".tdfusion-report"
 _LABEL_HEIGHT = 26
 _GAP = 4
+_BAR_HEIGHT = 14
+#: The one colour map of G's weight maps, in every sheet and report (perceptually uniform,
+#: readable in grey print and by colour-blind readers).
+WEIGHT_COLORMAP = cv2.COLORMAP_VIRIDIS
+#: JPEG quality of the sheets shown on the page (full-resolution panels stay PNG).
+_THUMB_QUALITY = 85
+
+
+def is_weight_map(label: str) -> bool:
+    """Panels labelled ``w_A``/``v_A`` (optionally followed by a description) are G's maps."""
+    return label.split(" ")[0] in ("w_A", "v_A")
+
+
+def weight_map_rgb(x: np.ndarray) -> np.ndarray:
+    """A weight map in [0, 1] ``(H, W)`` -> uint8 RGB in :data:`WEIGHT_COLORMAP`."""
+    u8 = np.clip(np.rint(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(cv2.applyColorMap(u8, WEIGHT_COLORMAP)[:, :, ::-1])
+
+
+def _panel_rgb(label: str, pixels: np.ndarray) -> np.ndarray:
+    x = np.asarray(pixels)
+    if is_weight_map(label) and x.ndim == 2 and x.dtype != np.uint8:
+        return weight_map_rgb(x)
+    return to_display(x)
+
+
+def colour_bar(width: int) -> np.ndarray:
+    """uint8 RGB strip explaining the weight maps' colours: 0 (all weight on B) to 1 (all on A)."""
+    width = max(width, 240)
+    ramp = weight_map_rgb(np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (_BAR_HEIGHT, 1)))
+    text = np.full((_LABEL_HEIGHT, width, 3), 255, np.uint8)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
+    cv2.putText(text, "0: all weight on B", (2, 17), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    right = "1: all weight on A"
+    tw = cv2.getTextSize(right, font, scale, 1)[0][0]
+    cv2.putText(text, right, (width - tw - 2, 17), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    mid = "G's weight for A"
+    mw = cv2.getTextSize(mid, font, scale, 1)[0][0]
+    if width > 3 * mw:
+        cv2.putText(text, mid, ((width - mw) // 2, 17), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([ramp, text], axis=0)
+
+
+def _with_colour_bar(sheet: np.ndarray) -> np.ndarray:
+    bar = colour_bar(min(sheet.shape[1], 480))
+    pad = np.full((bar.shape[0] + _GAP, sheet.shape[1], 3), 255, np.uint8)
+    pad[_GAP:, :min(bar.shape[1], sheet.shape[1])] = bar[:, :sheet.shape[1]]
+    return np.concatenate([sheet, pad], axis=0)
+
+
+def sample_sheet(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]]) -> np.ndarray:
+    """Training samples as one image: a labelled row per pair at native size, and a colour
+    bar when the rows hold G's maps. ``rows``: ``[(stem, [(label, pixels)])]``."""
+    sheets = [contact_sheet(panels, height=np.asarray(panels[0][1]).shape[0], columns=len(panels),
+                            colour_bar=False) for _, panels in rows]
+    width = max(s.shape[1] for s in sheets)
+    padded = [np.pad(s, ((0, _GAP), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in sheets]
+    sheet = np.concatenate(padded, axis=0)[:-_GAP]
+    if any(is_weight_map(label) for _, panels in rows for label, _ in panels):
+        sheet = _with_colour_bar(sheet)
+    return np.ascontiguousarray(sheet)
+
+
+def provenance(checkpoint: str | os.PathLike | None = None, command: Sequence[str] | None = None) -> dict[str, str]:
+    """What a report was made from: the command line, the tdfusion version, the date (UTC)
+    and, given a checkpoint file, its path and sha256."""
+    import datetime
+    import shlex
+    import sys
+
+    from . import __version__
+
+    from . import cli
+
+    argv = list(command or cli.CURRENT_COMMAND or sys.argv)
+    info = {"command": shlex.join(argv), "tdfusion": __version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        from .hub import file_sha256
+
+        info["checkpoint"] = str(checkpoint)
+        info["checkpoint sha256"] = file_sha256(checkpoint)
+    return info
 
 
 @dataclass
@@ -86,9 +173,12 @@ def _labelled(tile: np.ndarray, label: str) -> np.ndarray:
 
 
 def contact_sheet(panels: Sequence[tuple[str, np.ndarray]], height: int = 320, columns: int = 4,
-                  crop: tuple[int, int, int, int] | None = None, mark: tuple[int, int, int, int] | None = None
-                  ) -> np.ndarray:
+                  crop: tuple[int, int, int, int] | None = None, mark: tuple[int, int, int, int] | None = None,
+                  colour_bar: bool = True) -> np.ndarray:
     """Labelled grid of panels, each resized to ``height`` pixels (aspect kept).
+
+    G's weight maps (labels ``w_A``/``v_A``, float ``(H, W)``) are drawn in
+    :data:`WEIGHT_COLORMAP`, with a colour bar under the grid unless ``colour_bar`` is false.
 
     Args:
         panels: ``[(label, pixels)]``, pixels as accepted by :func:`to_display`, same size.
@@ -103,7 +193,7 @@ def contact_sheet(panels: Sequence[tuple[str, np.ndarray]], height: int = 320, c
         raise ValueError("no panels")
     tiles = []
     for label, pixels in panels:
-        img = to_display(pixels)
+        img = _panel_rgb(label, pixels)
         if crop is not None:
             x, y, w, h = crop
             img = img[y:y + h, x:x + w]
@@ -124,6 +214,8 @@ def contact_sheet(panels: Sequence[tuple[str, np.ndarray]], height: int = 320, c
         r, c = divmod(i, cols)
         y0, x0 = r * (tile_h + _GAP), c * (tile_w + _GAP)
         sheet[y0:y0 + tile.shape[0], x0:x0 + tile.shape[1]] = tile
+    if colour_bar and any(is_weight_map(label) for label, _ in panels):
+        sheet = _with_colour_bar(sheet)
     return sheet
 
 
@@ -146,16 +238,19 @@ def _fmt(v: float | None) -> str:
 def _metric_table(rows: Mapping[str, Mapping[str, float]], caption: str | None = None,
                   count: Mapping[str, int] | None = None) -> str:
     """HTML table: methods as rows, metrics as columns, best (highest) per column bold."""
+    from .results import best_at_precision
+
     names = [n for n in METRIC_NAMES if any(n in v for v in rows.values())]
-    best = {n: max(v[n] for v in rows.values() if n in v) for n in names}
+    methods = list(rows)
+    best = {n: best_at_precision([rows[m].get(n) for m in methods]) for n in names}
     head = "<tr><th>method</th>" + ("<th>images</th>" if count else "") + \
            "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
     body = []
-    for method, values in rows.items():
+    for row, (method, values) in enumerate(rows.items()):
         cells = []
         for n in names:
             v = values.get(n)
-            is_best = v is not None and v == best[n] and len(rows) > 1
+            is_best = row in best[n]
             cells.append(f'<td class="best">{_fmt(v)}</td>' if is_best else f"<td>{_fmt(v)}</td>")
         images = f"<td>{count[method]}</td>" if count else ""
         body.append(f"<tr><th>{html.escape(method)}</th>{images}{''.join(cells)}</tr>")
@@ -173,6 +268,9 @@ caption{text-align:left;font-weight:bold;padding:.3em 0}
 section{margin-bottom:2.5em}
 img{max-width:100%;height:auto;border:1px solid #ccc}
 .note{color:#666;font-size:.9em}
+table.provenance{border-collapse:collapse;font-size:.85em;margin-bottom:1em}
+table.provenance th{text-align:left;padding:.1em .8em .1em 0;color:#555}
+table.provenance code{word-break:break-all}
 """
 
 
@@ -180,10 +278,25 @@ def _href(*parts: str) -> str:
     return "/".join(quote(p) for p in parts)
 
 
+def _safe(label: str) -> str:
+    """A panel label as a file name: letters, digits, ``-`` and ``_`` only."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label).strip("_") or "panel"
+
+
+def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
+    from .io import atomic_write
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, _THUMB_QUALITY])
+    if not ok:
+        raise TDFusionError(f"{path}: cannot encode JPEG")
+    with atomic_write(path) as fh:
+        fh.write(buf.tobytes())
+
+
 def write_report(out: str | os.PathLike, entries: Iterable[ReportEntry], *,
                  summary: Mapping | None = None, title: str = "tdfusion report",
                  notes: Sequence[str] = (), height: int = 320, columns: int = 4,
-                 crop: tuple[int, int, int, int] | None = None) -> Path:
+                 crop: tuple[int, int, int, int] | None = None, provenance: Mapping[str, str] | None = None) -> Path:
     """Write a report folder atomically (see the module docstring for its layout).
 
     Args:
@@ -196,6 +309,7 @@ def write_report(out: str | os.PathLike, entries: Iterable[ReportEntry], *,
         notes: lines of plain text shown under the title (e.g. the conventions used).
         height, columns: panel height and panels per row in the contact sheets.
         crop: ``(x, y, w, h)``: also write zoomed crops of that region.
+        provenance: ``{what: value}`` shown at the top (see :func:`provenance`).
     """
     import json
 
@@ -206,10 +320,16 @@ def write_report(out: str | os.PathLike, entries: Iterable[ReportEntry], *,
         sections = []
         for entry in entries:
             sheet = contact_sheet(entry.panels, height, columns, mark=crop)
-            write_image(tmp / "sheets" / f"{entry.stem}.png", sheet)
+            _write_jpeg(tmp / "sheets" / f"{entry.stem}.jpg", sheet)
+            links = []
+            for i, (label, pixels) in enumerate(entry.panels):
+                name = f"{i}_{_safe(label)}.png"
+                write_image(tmp / "full" / entry.stem / name, _panel_rgb(label, pixels))
+                links.append(f'<a href="{_href("full", entry.stem, name)}">{html.escape(label)}</a>')
             parts = [f'<section id="{html.escape(entry.stem, quote=True)}"><h2>{html.escape(entry.stem)}</h2>',
-                     f'<a href="{_href("sheets", entry.stem + ".png")}">'
-                     f'<img src="{_href("sheets", entry.stem + ".png")}" alt="{html.escape(entry.stem)} panels"></a>']
+                     f'<img src="{_href("sheets", entry.stem + ".jpg")}" alt="{html.escape(entry.stem)} panels" '
+                     f'width="{sheet.shape[1]}" height="{sheet.shape[0]}">',
+                     f'<p class="note">full resolution: {" · ".join(links)}</p>']
             if crop is not None:
                 h, w = np.asarray(entry.panels[0][1]).shape[:2]
                 x, y, cw, ch = crop
@@ -225,6 +345,10 @@ def write_report(out: str | os.PathLike, entries: Iterable[ReportEntry], *,
             sections.append("".join(parts))
 
         head = [f"<h1>{html.escape(title)}</h1>"]
+        if provenance:
+            rows = "".join(f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(str(v))}</code></td></tr>"
+                           for k, v in provenance.items())
+            head.append(f'<table class="provenance"><tbody>{rows}</tbody></table>')
         head += [f'<p class="note">{html.escape(n)}</p>' for n in notes]
         if summary:
             head.append(_metric_table({m: b["mean"] for m, b in summary.items()}, "mean over images",

@@ -10,7 +10,33 @@ from typing import Any
 
 from .io import atomic_write
 
-__all__ = ["print_table", "scalar_metrics", "write_csv", "write_json"]
+__all__ = ["best_at_precision", "jsonable", "print_summary_table", "print_table", "scalar_metrics", "write_csv",
+           "write_json", "write_summary_csv"]
+
+
+def best_at_precision(values: list[float | None], digits: int = 4, lower: bool = False) -> set[int]:
+    """Indices of the best values *as shown* (rounded to ``digits``): none when every shown
+    value is equal (a tie at the shown precision is no winner), all those tied for best
+    otherwise. ``None`` and non-finite values never win."""
+    shown = {i: round(v, digits) for i, v in enumerate(values) if _is_number(v) and math.isfinite(v)}
+    if len(set(shown.values())) < 2:
+        return set()
+    best = min(shown.values()) if lower else max(shown.values())
+    return {i for i, v in shown.items() if v == best}
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with NumPy scalars, tensors and arrays turned into Python values and
+    non-finite floats into None, so that ``json.dump`` writes valid JSON."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):  # NumPy scalars and arrays, torch tensors
+        return jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _is_number(v: Any) -> bool:
@@ -35,17 +61,15 @@ def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
     table.add_column("source")
     for c in columns:
         table.add_column(c, justify="right")
-    best = {}
-    for c in columns:
-        values = [m[c] for m in results.values() if _is_number(m.get(c)) and math.isfinite(m[c])]
-        if values:
-            best[c] = min(values) if "loss" in c else max(values)
-    for name, metrics in results.items():
+    names = list(results)
+    best = {c: best_at_precision([results[n].get(c) for n in names], 4, lower="loss" in c) for c in columns}
+    for row, name in enumerate(names):
+        metrics = results[name]
         cells = []
         for c in columns:
             v = metrics.get(c)
             text = f"{v:.4f}" if _is_number(v) else "-"
-            cells.append(f"[bold green]{text}[/]" if _is_number(v) and len(results) > 1 and v == best.get(c) else text)
+            cells.append(f"[bold green]{text}[/]" if row in best[c] else text)
         table.add_row(name, *cells)
     console = Console()
     console.print(table)
@@ -66,17 +90,21 @@ def _print_per_class(console, results: dict[str, dict[str, Any]]) -> None:
             if cls not in classes:
                 classes.append(cls)
             metrics += [k for k, v in (vals or {}).items() if k not in metrics and (_is_number(v) or v is None)]
+    # Classes x sources as rows and the metrics as columns: a column per (source, metric)
+    # made the table so wide that at 80 columns rich cut every header and value to "fus…".
     table = Table(title="per class")
-    table.add_column("class")
-    for name in per:
-        for m in metrics:
-            table.add_column(f"{name} {m}" if len(per) > 1 else m, justify="right")
+    table.add_column("class", no_wrap=True)
+    if len(per) > 1:
+        table.add_column("source", no_wrap=True)
+    for m in metrics:
+        table.add_column(m, justify="right", no_wrap=True)
     for cls in classes:
-        row = []
-        for name in per:
+        for i, name in enumerate(per):
             vals = per[name].get(cls) or {}
-            row += [f"{vals[m]:.4f}" if _is_number(vals.get(m)) else "-" for m in metrics]
-        table.add_row(str(cls), *row)
+            cells = [f"{vals[m]:.4f}" if _is_number(vals.get(m)) else "-" for m in metrics]
+            label = str(cls) if i == 0 else ""
+            table.add_row(label, *([name] if len(per) > 1 else []), *cells,
+                          end_section=len(per) > 1 and i == len(per) - 1)
     console.print(table)
 
 
@@ -102,6 +130,11 @@ def write_csv(path: str | os.PathLike, results: dict[str, dict[str, Any]]) -> No
         flat: dict[str, Any] = {}
         _flatten("", metrics, flat)
         rows.append({"source": name, **flat})
+    _write_rows(path, rows)
+
+
+def _write_rows(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """CSV with the union of the rows' keys as columns (first seen first), atomically."""
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
@@ -111,3 +144,63 @@ def write_csv(path: str | os.PathLike, results: dict[str, dict[str, Any]]) -> No
     writer.writerows(rows)
     with atomic_write(path, "w") as fh:
         fh.write(buf.getvalue())
+
+
+#: The per-class value shown for each kind of per-class record (IoU for masks, AP50 for boxes).
+_PER_CLASS_KEY = ("IoU", "AP50")
+
+
+def print_summary_table(payload: dict[str, Any], title: str) -> None:
+    """``tdfusion compare``'s table: sources as rows, ``mean ± std`` over the seeds per
+    metric; the best mean in bold, ``<`` where the source's interval does not overlap the
+    best's. Then one narrow per-class table (classes as rows, sources as columns)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics, sources = payload["metrics"], payload["sources"]
+    table = Table(title=title)
+    table.add_column("source")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for name, s in sources.items():
+        cells = []
+        for m in metrics:
+            if m not in s["mean"]:
+                cells.append("-")
+                continue
+            text = f"{s['mean'][m]:.4f} ± {s['std'][m]:.4f}"
+            mark = s.get("vs_best", {}).get(m)
+            cells.append(f"[bold green]{text}[/]" if mark == "best" and len(sources) > 1
+                         else f"{text} <" if mark == "below best" else text)
+        table.add_row(name, *cells)
+    table.caption = (f"mean ± std over {len(payload['seeds'])} seed(s); < : interval below the best's "
+                     "(the difference exceeds the spread)")
+    console = Console()
+    console.print(table)
+    per = {name: s.get("per_class_mean") or {} for name, s in sources.items()}
+    classes = list(dict.fromkeys(c for p in per.values() for c in p))
+    if not classes:
+        return
+    key = next((k for k in _PER_CLASS_KEY if any(k in (p.get(c) or {}) for p in per.values() for c in p)), None)
+    if key is None:
+        return
+    pc = Table(title=f"per class: {key}, mean over seeds")
+    pc.add_column("class")
+    for name in per:
+        pc.add_column(name, justify="right", overflow="fold")
+    for c in classes:
+        pc.add_row(str(c), *[f"{v:.3f}" if _is_number(v := (per[n].get(c) or {}).get(key)) else "-" for n in per])
+    console.print(pc)
+
+
+def write_summary_csv(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """One row per (source, seed) run plus one ``mean`` and one ``std`` row per source."""
+    rows = []
+    for name, s in payload["sources"].items():
+        for run in s["runs"]:
+            flat: dict[str, Any] = {}
+            _flatten("", {k: v for k, v in run.items()}, flat)
+            rows.append({"source": name, "row": f"seed {run.get('seed')}", **flat})
+        rows.append({"source": name, "row": "mean", **s["mean"]})
+        rows.append({"source": name, "row": "std", **s["std"]})
+    _write_rows(path, rows)

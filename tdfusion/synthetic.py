@@ -4,11 +4,22 @@ The embedded dataset for demos and tests: cheap (a 256x256 pair takes about a
 millisecond), deterministic (sample ``i`` of seed ``s`` depends only on ``(s, i)``),
 and built so that each modality carries information the other lacks:
 
-* warm objects (people, car engines and tyres) are bright in infrared and, at night,
-  nearly invisible in the visible image;
-* texture (building windows, road grain) and lane markings exist only in the visible
-  image; markings have the road's temperature, so they vanish in infrared;
+* warm objects (people, the engines and tyres of running cars) are brighter than the
+  road in infrared, by a varying margin; at night they are nearly invisible in the
+  visible image, and by day half of the people wear clothes of the road's brightness
+  (camouflage: only infrared tells them from the road);
+* texture (building windows, road grain) and lane markings (fresh or worn) exist only in
+  the visible image; markings have the road's temperature, so they vanish in infrared;
+* each modality also carries structure the tasks do not care about, which a fusion that
+  keeps everything passes on: in infrared, sun-warmed patches and warm blobs on the road
+  and walls (as warm as a person, shaped otherwise); in the visible image, large soft
+  shadows by day and pools of street light at night;
 * night scenes make the visible image dark and noisy; infrared is unaffected.
+
+So no single source shows every class, and a fusion that weighs each source by region
+(infrared on warm objects, visible on markings and texture) keeps more of what the
+tasks need than an even blend, which halves each source's contrast and adds the other
+source's clutter.
 
 Classes (segmentation mask values, :data:`SEG_CLASSES`): 0 background (sky and
 buildings), 1 road, 2 lane marking, 3 person, 4 car. Detection classes
@@ -58,6 +69,13 @@ def _fill(canvas: np.ndarray, shape_mask: np.ndarray, value) -> None:
     canvas[shape_mask] = value
 
 
+def _smooth_field(rng: np.random.Generator, size: tuple[int, int], sigma: float) -> np.ndarray:
+    """A smooth random field in [0, 1] ``(H, W)`` float32 with blobs about ``sigma`` pixels wide."""
+    field = cv2.GaussianBlur(rng.standard_normal(size).astype(np.float32), (0, 0), sigma)
+    lo, hi = float(field.min()), float(field.max())
+    return (field - lo) / (hi - lo) if hi > lo else np.zeros(size, np.float32)
+
+
 def make_pair(seed: int, index: int, size: tuple[int, int] = (256, 256),
               night_prob: float = 0.5) -> SyntheticPair:
     """Generate scene ``index`` of the stream ``seed``; ``size`` is ``(H, W)``."""
@@ -95,7 +113,8 @@ def make_pair(seed: int, index: int, size: tuple[int, int] = (256, 256),
     road_ir = rng.uniform(0.38, 0.5) if not night else rng.uniform(0.3, 0.4)
     ir[horizon:] = road_ir
     grain = rng.normal(0.0, 0.04, (h - horizon, w)).astype(np.float32)
-    vis[horizon:] = (rng.uniform(0.35, 0.5) + grain)[..., None]
+    road_vis = rng.uniform(0.35, 0.5)
+    vis[horizon:] = (road_vis + grain)[..., None]
     mask[horizon:] = 1
 
     # Lane markings: dashed stripes converging to a vanishing point; visible only.
@@ -110,7 +129,7 @@ def make_pair(seed: int, index: int, size: tuple[int, int] = (256, 256),
             poly = np.array([[x0 - half0, y0], [x0 + half0, y0], [x1 + half1, y1], [x1 - half1, y1]])
             cv2.fillConvexPoly(stripe, np.round(poly).astype(np.int32), 1)
         m = stripe.astype(bool)
-        _fill(vis, m, np.array([0.95, 0.95, 0.9], np.float32))
+        _fill(vis, m, np.array([0.95, 0.95, 0.9], np.float32) * rng.uniform(0.6, 1.0))  # fresh or worn paint
         ir[m] = road_ir + 0.01
         mask[m] = 2
 
@@ -129,8 +148,11 @@ def make_pair(seed: int, index: int, size: tuple[int, int] = (256, 256),
             cv2.ellipse(shape, (cx, base_y - ph // 2), (pw // 2 + 1, ph * 2 // 5), 0, 0, 360, 1, -1)
             cv2.circle(shape, (cx, base_y - ph + ph // 10), max(2, ph // 10), 1, -1)
             m = shape.astype(bool)
-            ir[m] = rng.uniform(0.8, 0.95)
-            cloth = rng.uniform(0.1, 0.7, 3).astype(np.float32)
+            ir[m] = road_ir + rng.uniform(0.25, 0.5)
+            if rng.random() < 0.5:  # camouflage: clothes of the road's brightness
+                cloth = np.clip(road_vis + rng.normal(0.0, 0.03, 3), 0, 1).astype(np.float32)
+            else:
+                cloth = rng.uniform(0.1, 0.7, 3).astype(np.float32)
             vis[m] = cloth
         else:
             ch = max(6, int(0.28 * h * depth))
@@ -149,8 +171,11 @@ def make_pair(seed: int, index: int, size: tuple[int, int] = (256, 256),
             hood = np.zeros_like(shape)
             front = x0 if rng.random() < 0.5 else x0 + cw * 3 // 4
             cv2.rectangle(hood, (front, y0 + ch // 3), (front + cw // 4, base_y - ch // 8), 1, -1)
-            ir[(hood & shape).astype(bool)] = rng.uniform(0.7, 0.85)
-            ir[wheels.astype(bool)] = rng.uniform(0.65, 0.8)
+            if rng.random() < 0.6:  # running: warm engine and tyres; parked cars have the road's temperature
+                ir[(hood & shape).astype(bool)] = rng.uniform(0.7, 0.85)
+                ir[wheels.astype(bool)] = rng.uniform(0.65, 0.8)
+            else:
+                ir[m] = road_ir + rng.uniform(-0.03, 0.05)
             vis[wheels.astype(bool)] = 0.05
             win = np.zeros_like(shape)
             cv2.rectangle(win, (x0 + cw // 4, y0 + 2), (x0 + cw * 3 // 4, y0 + ch // 3 - 1), 1, -1)
@@ -158,11 +183,28 @@ def make_pair(seed: int, index: int, size: tuple[int, int] = (256, 256),
         mask[m] = cls
         instance[m] = inst
 
+    # Task-irrelevant structure, off the objects: warm patches and blobs in infrared,
+    # shadows (day) or street-light pools (night) in the visible image.
+    free = mask < 3
+    warm = _smooth_field(rng, (h, w), w / 10.0) * rng.uniform(0.08, 0.18)
+    for _ in range(int(rng.integers(1, 4))):  # warm blobs (manholes, bins, heated walls): round, not person-shaped
+        blob = np.zeros((h, w), np.float32)
+        r = max(3, int(rng.uniform(0.03, 0.08) * w))
+        cv2.ellipse(blob, (int(rng.integers(0, w)), int(rng.integers(horizon // 2, h))),
+                    (r, max(2, int(r * rng.uniform(0.4, 0.8)))), 0, 0, 360, 1.0, -1)
+        warm += cv2.GaussianBlur(blob, (0, 0), max(1.0, r / 3)) * rng.uniform(0.25, 0.45)
+    ir[free] += warm[free]
+    light = _smooth_field(rng, (h, w), w / 8.0)
+    if night:  # pools of street light, brighter than anything else in the night scene
+        vis += (np.clip(light - 0.4, 0, None) * rng.uniform(1.5, 3.0))[..., None]
+    else:  # soft shadows of trees and buildings
+        vis *= (1.0 - rng.uniform(0.3, 0.55) * np.clip(light - 0.3, 0, 1) / 0.7)[..., None]
+
     # Sensor models: IR is blurry with little noise; visible is sharp, and dark and
     # noisy at night.
     ir = cv2.GaussianBlur(ir, (0, 0), 1.0) + rng.normal(0.0, 0.01, (h, w)).astype(np.float32)
     if night:
-        vis = vis * rng.uniform(0.15, 0.3) + rng.normal(0.0, 0.04, (h, w, 1)).astype(np.float32)
+        vis = vis * rng.uniform(0.15, 0.3) + rng.normal(0.0, rng.uniform(0.04, 0.07), (h, w, 1)).astype(np.float32)
     else:
         vis = vis + rng.normal(0.0, 0.01, (h, w, 1)).astype(np.float32)
 

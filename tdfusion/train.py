@@ -4,9 +4,12 @@ A run folder holds::
 
     config.yaml          the resolved config (after inheritance and overrides)
     last.pt              latest checkpoint (F, G, T, optimisers, position) -> tdfusion fuse accepts it
-    step_<k>.pt          rolling step checkpoints (run.keep most recent)
+    best.pt              the checkpoint of the epoch with the best task fitness on the test split
+    step_<k>.pt          rolling step checkpoints (run.keep most recent; hard links to the
+                         last.pt written at that step, so no checkpoint is stored twice)
     epoch_<e>.pt         weights at the end of each epoch (no optimiser state)
     train_log.jsonl      one JSON object per step (phase, losses, learning rates)
+    train_log.csv, eval_log.csv, tensorboard/   the same, as run.loggers asks (tdfusion.runlog)
     eval_log.jsonl       task metrics on the test split, per evaluated epoch
     samples/epoch_<e>.png  sources, fused image and G's weight maps for a few pairs
     summary.json         final losses and metrics
@@ -26,6 +29,7 @@ run naming the step and the batch, leaving the last good checkpoint in place.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -56,6 +60,8 @@ from .nets import create_model
 from .optim import G_UPDATE_RULES, apply_meta_gradient, make_optimizer, make_scheduler
 from .precision import PRECISIONS, autocast, check_precision, grad_scaler
 from .progress import progress_bar
+from .results import jsonable
+from .runlog import LOGGERS, RunLoggers
 
 __all__ = ["MetaTrainer", "build_task", "check_values", "evaluate_task", "set_determinism", "train"]
 
@@ -159,7 +165,8 @@ class MetaTrainer:
         ds_cfg = cfg["dataset"]
         options = dict(ds_cfg.get("options") or {})
         try:
-            self.train_set = build_dataset(ds_cfg["name"], ds_cfg["root"], ds_cfg["train_split"], **options)
+            self.train_set = build_dataset(ds_cfg["name"], ds_cfg["root"], ds_cfg["train_split"],
+                                           cache=bool(dc["cache"]), **options)
         except TypeError as exc:
             raise TDFusionError(f"dataset {ds_cfg['name']!r}: bad option ({exc})") from None
         if len(self.train_set) == 0:
@@ -199,6 +206,9 @@ class MetaTrainer:
         self._stop_requested = False
         self._stop_agreed = False
         self._saves = 0
+        self.best: dict[str, Any] | None = None  # {"fitness", "epoch"} of best.pt
+        self.loggers: RunLoggers | None = None
+        self._resumed = resume_from is not None
         if resume_from is not None:
             self._restore(resume_from)
         # Every process starts from rank 0's weights, whatever its seed or restore did.
@@ -210,7 +220,8 @@ class MetaTrainer:
         if not ds_cfg.get("test_split"):
             return None
         try:
-            ds = build_dataset(ds_cfg["name"], ds_cfg["root"], ds_cfg["test_split"], **options)
+            ds = build_dataset(ds_cfg["name"], ds_cfg["root"], ds_cfg["test_split"],
+                               cache=bool(self.cfg["data"]["cache"]), **options)
         except TDFusionError:
             return None  # no test split: training still works, evaluation is skipped
         return ds if len(ds) else None
@@ -270,7 +281,10 @@ class MetaTrainer:
     def meta_step(self, train_batch: dict, test_batch: dict) -> dict[str, float]:
         mc = self.cfg["meta"]
         inner_lr = mc["inner_lr"] if mc["inner_lr"] is not None else self.opt_f.param_groups[0]["lr"]
-        task_lr = mc["task_inner_lr"] if mc["task_inner_lr"] is not None else self.opt_t.param_groups[0]["lr"]
+        if mc["task_inner_step"] == "adam":
+            task_lr = engine.adam_task_step(self.opt_t)
+        else:
+            task_lr = mc["task_inner_lr"] if mc["task_inner_lr"] is not None else self.opt_t.param_groups[0]["lr"]
         g_params = engine.params_of(self.lossgen)
         meta_gradient = meta_gradient_jvp if mc["gradient"] == "jvp" else engine.meta_gradient
         grads, logs = meta_gradient(
@@ -334,6 +348,7 @@ class MetaTrainer:
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "world_size": self.world,
+                "best": self.best,
             }
         return ckpt
 
@@ -347,12 +362,24 @@ class MetaTrainer:
         if not self.is_main:
             return self.run_dir / "last.pt"
         ckpt = self.checkpoint()
-        self._write(ckpt, self.run_dir / "last.pt")
+        last = self.run_dir / "last.pt"
+        self._write(ckpt, last)
         if kind == "step":
-            self._write(ckpt, self.run_dir / f"step_{self.pos.global_step:07d}.pt")
+            _link_or_copy(last, self.run_dir / f"step_{self.pos.global_step:07d}.pt")
             for old in sorted(self.run_dir.glob("step_*.pt"))[:-max(1, self.cfg["run"]["keep"])]:
                 old.unlink(missing_ok=True)
-        return self.run_dir / "last.pt"
+        return last
+
+    def _improves_best(self, metrics: dict[str, Any]) -> bool:
+        """Record this epoch as the best when the task's fitness improved (ultralytics'
+        rule: best.pt is the checkpoint with the best validation fitness)."""
+        fitness = self.task.fitness(metrics)
+        if fitness is None or not math.isfinite(fitness):
+            return False
+        if self.best is not None and fitness <= self.best["fitness"]:
+            return False
+        self.best = {"fitness": float(fitness), "epoch": self.pos.epoch}
+        return True
 
     def _write(self, ckpt: dict, path: Path) -> None:
         self._saves += 1
@@ -384,6 +411,7 @@ class MetaTrainer:
             for sch, sd in zip(self.schedulers, state["schedulers"]):
                 sch.load_state_dict(sd)
             torch.set_rng_state(state["torch_rng"])
+            self.best = state.get("best")
             if state.get("cuda_rng") and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             self.pos = Position(**state["position"])
@@ -421,11 +449,19 @@ class MetaTrainer:
             return
         with open(self.run_dir / name, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.loggers is not None:
+            if name == "train_log.jsonl":
+                self.loggers.train(record)
+            else:
+                self.loggers.eval(record, self.pos.global_step)
 
     @torch.no_grad()
     def sample_panels(self) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
         """``[(stem, [(label, (H, W) in [0, 1]), ...])]`` for the first ``run.samples`` training
-        pairs: A, B, the fused image and G's weight maps (w_a, and v_a for the ReFusion form)."""
+        pairs: A, B, the fused image as ``tdfusion fuse`` writes it (min-max stretched) and
+        G's weight maps for A (w_A, and v_A for the ReFusion form)."""
+        from .inference import normalize_minmax
+
         count = min(self.cfg["run"]["samples"], len(self.train_set))
         size = self.cfg["data"]["task_size"]
         out = []
@@ -434,45 +470,41 @@ class MetaTrainer:
             sample = self.train_set[i]
             view = eval_view(sample, size)
             a, b = view["a"][None].to(self.device), view["b"][None].to(self.device)
-            fused = self.fusion(a, b)
+            fused = normalize_minmax(self.fusion(a, b)[0, 0].float().cpu().numpy())
             weights = engine.loss_weights(self.lossgen, engine.params_of(self.lossgen), a, b, self.settings)
-            panels = [(label, t[0, 0].float().cpu().numpy()) for label, t in (("A", a), ("B", b), ("fused", fused))]
+            panels = [(label, t[0, 0].float().cpu().numpy()) for label, t in (("A", a), ("B", b))]
+            panels.append(("fused", fused))
             panels += [(name, weights[0, c].float().cpu().numpy())
-                       for name, c in (("w_a", 0), ("v_a", 2)) if c < weights.shape[1]]
+                       for name, c in (("w_A", 0), ("v_A", 2)) if c < weights.shape[1]]
             out.append((sample.stem, panels))
         self.fusion.train(), self.lossgen.train()
         return out
 
     def render_samples(self, epoch: int) -> None:
-        """``samples/epoch_<e>.png`` (one row per pair: A | B | fused | w_a (| v_a), the maps
-        in viridis) and ``report/``: the same pairs as a ``tdfusion report`` page with their
-        fusion metrics, the losses and the task metrics of the epoch."""
-        import cv2
-
+        """``samples/epoch_<e>.png`` (one labelled row per pair: A | B | fused | w_A (| v_A),
+        the maps in the report's colour map, with its colour bar) and ``report/``: the same
+        pairs as a ``tdfusion report`` page with their fusion metrics, the task metrics of the
+        epoch and the run's provenance."""
         from .io import write_image
+        from .report import is_weight_map, sample_sheet
 
         samples = self.sample_panels()
         if not samples:
             return
+        sheet = sample_sheet(samples)
+        write_image(self.run_dir / "samples" / f"epoch_{epoch:03d}.png", sheet)
+        if self.loggers is not None:
+            self.loggers.image("samples", sheet, self.pos.global_step)
+            self.loggers.flush()
+        self._write_report(samples, epoch, is_weight_map)
 
-        def tile(label: str, x: np.ndarray) -> np.ndarray:
-            u8 = (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
-            if label.startswith(("w_", "v_")):
-                return np.ascontiguousarray(cv2.applyColorMap(u8, cv2.COLORMAP_VIRIDIS)[..., ::-1])
-            return np.repeat(u8[..., None], 3, 2)
-
-        tiles = [(stem, [(lbl, tile(lbl, x)) for lbl, x in panels]) for stem, panels in samples]
-        grid = np.concatenate([np.concatenate([t for _, t in row], 1) for _, row in tiles], 0)
-        write_image(self.run_dir / "samples" / f"epoch_{epoch:03d}.png", np.ascontiguousarray(grid))
-        self._write_report(samples, tiles, epoch)
-
-    def _write_report(self, samples, tiles, epoch: int) -> None:
+    def _write_report(self, samples, epoch: int, is_weight_map) -> None:
         from .metrics import evaluate as fusion_metrics
         from .metrics.evaluate import mean_metrics
-        from .report import ReportEntry, write_report
+        from .report import ReportEntry, provenance, write_report
 
         entries, per_image = [], {}
-        for (stem, panels), (_, shown) in zip(samples, tiles):
+        for stem, panels in samples:
             imgs = {label: x for label, x in panels}
             try:
                 values = fusion_metrics(*(np.clip(imgs[k], 0, 1).astype(np.float64) * 255 for k in ("fused", "A", "B")))
@@ -480,12 +512,13 @@ class MetaTrainer:
                 values = {}
             if values:
                 per_image[stem] = values
-            entries.append(ReportEntry(stem, shown, {"fused": values} if values else {}))
+            entries.append(ReportEntry(stem, panels, {"fused": values} if values else {}))
         summary = {"fused": {"mean": mean_metrics(per_image), "per_image": per_image}} if per_image else None
         notes = [f"epoch {epoch}/{self.cfg['train']['epochs']}, task {self.task.name}, "
                  f"dataset {self.cfg['dataset']['name']}; training pairs at the task input size",
-                 "panels: sources A and B, the fused image, and the loss generator's weight for A "
-                 "(w_a: intensity, v_a: gradient; 1 = all weight on A)"]
+                 "panels: sources A and B, the fused image as tdfusion fuse writes it (luminance, min-max "
+                 "stretched), and the loss generator's weight for A (w_A: intensity, v_A: gradient; "
+                 "1 = all weight on A)"]
         evals = self.run_dir / "eval_log.jsonl"
         if evals.exists():
             lines = [json.loads(x) for x in evals.read_text().splitlines() if x.strip()]
@@ -493,8 +526,13 @@ class MetaTrainer:
                 scalars = {k: v for k, v in lines[-1].items() if isinstance(v, (int, float)) and k != "epoch"}
                 notes.append(f"test-split task metrics (epoch {lines[-1].get('epoch')}): "
                              + ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
-        write_report(self.run_dir / "report", entries, summary=summary, title=f"training run {self.run_dir.name}",
-                     notes=notes)
+        if self.best is not None:
+            notes.append(f"best.pt: epoch {self.best['epoch']} (task fitness {self.best['fitness']:.4g})")
+        write_report(self.run_dir / "report", entries, summary=summary,
+                     title=f"training report: {self.run_dir.resolve().name}", notes=notes,
+                     provenance=provenance(self.run_dir / "last.pt"), height=self.cfg["data"]["crop_size"]
+                     if self.cfg["data"]["task_size"] is None else self.cfg["data"]["task_size"][0],
+                     columns=max(len(p) for _, p in samples))
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any] | None:
@@ -584,6 +622,10 @@ class MetaTrainer:
                 stale.unlink(missing_ok=True)
             with atomic_write(self.run_dir / "config.yaml", "w") as fh:
                 yaml.safe_dump(self.cfg, fh, sort_keys=False)
+            self.loggers = RunLoggers(self.run_dir, self.cfg["run"]["loggers"],
+                                      self.pos.global_step if self._resumed else None)
+            if self._resumed:
+                self.loggers.truncate(self.pos.global_step, self.pos.epoch)
         # SIGTERM too: schedulers (SLURM, Kubernetes) send it before killing a job.
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -591,12 +633,17 @@ class MetaTrainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self.loggers is not None:
+                self.loggers.close()
 
     def _fit(self) -> dict[str, Any]:
         epochs = self.cfg["train"]["epochs"]
         eval_every = self.cfg["run"]["eval_every"]
         while self.pos.epoch < epochs:
-            for phase, steps in (("meta", self.meta_steps), ("fusion", self.fusion_steps)):
+            # Warm-up epochs train F and T only: G's first meta-gradients then come from a
+            # task network that has learned something, not from a random one.
+            meta_steps = self.meta_steps if self.pos.epoch >= self.cfg["train"]["warmup_epochs"] else 0
+            for phase, steps in (("meta", meta_steps), ("fusion", self.fusion_steps)):
                 if _PHASES.index(phase) < _PHASES.index(self.pos.phase):
                     continue
                 self.pos.phase = phase
@@ -615,14 +662,19 @@ class MetaTrainer:
                     sch.step()
             self.pos.epoch += 1
             self.pos.phase = "meta"
+            metrics = None
             if eval_every and self.pos.epoch % eval_every == 0 and self.is_main:
                 metrics = self.evaluate()
                 if metrics is not None:
-                    self._log("eval_log.jsonl", {"epoch": self.pos.epoch, **_jsonable(metrics)})
-            if self.is_main:
-                self.render_samples(self.pos.epoch)
+                    self._log("eval_log.jsonl", {"epoch": self.pos.epoch, **jsonable(metrics)})
+            improved = metrics is not None and self._improves_best(metrics)
             self.save("epoch")
-            self.save("last")
+            self.save("last")  # records self.best, so a resumed run compares against it
+            if improved and self.is_main:
+                _link_or_copy(self.run_dir / "last.pt", self.run_dir / "best.pt")
+            if self.is_main:
+                # After the save: the report records the sha256 of the last.pt it shows.
+                self.render_samples(self.pos.epoch)
         return self._summary()
 
     def _summary(self) -> dict[str, Any]:
@@ -650,11 +702,12 @@ class MetaTrainer:
 
 #: (key, smallest allowed value) of the whole-number settings; None where null is allowed.
 _MINIMUM = {"data.batch_size": 1, "data.crop_size": 8, "data.num_workers": 0, "train.epochs": 1,
+            "train.warmup_epochs": 0,
             "train.meta_steps": 0, "train.fusion_steps": 1, "train.seed": 0, "run.save_every": 1, "run.keep": 1,
             "run.samples": 0, "run.eval_every": 0, "run.eval_limit": 1, "optim.step_size": 1}
 _NULLABLE = {"train.fusion_steps", "run.eval_limit"}
 _CHOICES = {"loss.intensity": ("paper", "reference"), "meta.g_update": G_UPDATE_RULES,
-            "meta.gradient": ("jvp", "second_order"),
+            "meta.gradient": ("jvp", "second_order"), "meta.task_inner_step": ("sgd", "adam"),
             "optim.schedule": ("step", "cosine", "none")}
 _CHOICES["train.precision"] = PRECISIONS
 
@@ -682,6 +735,10 @@ def check_values(cfg: dict) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise TDFusionError(f"config key {key!r}: expected a number >= 0, got {value!r}")
+    # A run resumed from a checkpoint older than run.loggers kept only the JSONL log: so it stays.
+    loggers = cfg["run"].setdefault("loggers", ["jsonl"])
+    if not isinstance(loggers, list) or any(name not in LOGGERS for name in loggers):
+        raise TDFusionError(f"config key 'run.loggers': expected a list of {', '.join(LOGGERS)}, got {loggers!r}")
     for key in ("task.name", "dataset.name", "dataset.train_split", "fusion.arch", "lossgen.arch"):
         if not isinstance(get(key), str) or not get(key):
             raise TDFusionError(f"config key {key!r}: expected a name, got {get(key)!r}")
@@ -692,6 +749,31 @@ def check_values(cfg: dict) -> None:
             isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in size)):
         raise TDFusionError(f"config key 'data.task_size': expected null or [height, width] (whole numbers >= 8), "
                             f"got {size!r}")
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """Make ``dest`` name the file ``source`` names now, replacing ``dest`` atomically.
+
+    A hard link: a step checkpoint costs no space while it equals last.pt, and keeps its
+    content when last.pt is later replaced (a rename gives last.pt a new file). Where the
+    file system has no hard links, a copy.
+    """
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _batches(loader: DataLoader) -> Iterator[dict]:
@@ -745,20 +827,6 @@ def _die_while_writing(ckpt: dict, path: Path) -> None:
         fh.flush()
         os.fsync(fh.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if torch.is_tensor(obj):
-        return obj.tolist()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def train(cfg: dict, run_dir: str | Path, resume_from: str | Path | None = None) -> dict[str, Any]:

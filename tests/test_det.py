@@ -340,12 +340,13 @@ def test_weights_from_rgb_ultralytics_checkpoint(tmp_path):
     path = tmp_path / "yolov8n_rgb.pt"
     torch.save({"model": rgb, "epoch": 3}, path)             # how ultralytics stores checkpoints
     with pytest.warns(UserWarning, match="keep their fresh"):
-        net = create_task("det", {"num_classes": 2, "weights": str(path)}).build_network()
+        # A pickled model object: read only with the opt-in (tests/test_trust_weights.py).
+        net = create_task("det", {"num_classes": 2, "weights": str(path), "trust_weights": True}).build_network()
     # a grey image through the folded conv == the same image replicated to RGB through the original
     x = torch.rand(1, 1, 8, 8)
     torch.testing.assert_close(net.model[0].conv(x), rgb.model[0].conv(x.expand(1, 3, 8, 8)))
     assert torch.equal(net.state_dict()["model.4.m.0.cv1.conv.weight"], rgb.state_dict()["model.4.m.0.cv1.conv.weight"])
-    for bad, message in ((tmp_path / "missing.pt", "no such task weights file"), (tmp_path / "junk.pt", "not a PyTorch")):
+    for bad, message in ((tmp_path / "missing.pt", "no such task weights file"), (tmp_path / "junk.pt", "not a readable weights file")):
         if bad.name == "junk.pt":
             bad.write_bytes(b"not a checkpoint")
         with pytest.raises(TDFusionError, match=message):

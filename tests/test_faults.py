@@ -183,10 +183,10 @@ def test_sigkill_mid_epoch_then_sigterm_then_resume(reference, tmp_path):
 
 def test_sigkill_while_writing_a_checkpoint_then_ctrl_c_then_resume(reference, tmp_path):
     run = tmp_path / "run"
-    # Checkpoint files written: last.pt and step_0000003.pt at step 3, epoch_001.pt and
-    # last.pt at the end of epoch 1 (step 5), then last.pt at step 6: the 5th write dies
-    # with half of the file under its temporary name.
-    rc, _, _ = _finish(_fresh(run, TDFUSION_FAULT="kill_during_save:5"))
+    # Checkpoint files written: last.pt at step 3 (step_0000003.pt is a hard link to it),
+    # epoch_001.pt and last.pt at the end of epoch 1 (step 5), then last.pt at step 6: the
+    # 4th write dies with half of the file under its temporary name.
+    rc, _, _ = _finish(_fresh(run, TDFUSION_FAULT="kill_during_save:4"))
     assert rc == -signal.SIGKILL
     temps = list(run.glob(".last.pt.*.tmp"))
     assert len(temps) == 1 and 0 < temps[0].stat().st_size < (run / "last.pt").stat().st_size

@@ -281,11 +281,13 @@ def test_error_not_a_checkpoint(tmp_path, capfd):
 def test_error_out_is_a_file(net_and_ckpt, tmp_path, capfd):
     _, ckpt = net_and_ckpt
     _pairs(tmp_path, n=1)
-    out = tmp_path / "out.png"
+    # An image name is an output file for one pair (test_fuse_outputs.py); anything else
+    # that exists as a file is not a folder to write into.
+    out = tmp_path / "out.txt"
     out.write_bytes(b"keep me")
     assert _fuse(ckpt, tmp_path / "a", tmp_path / "b", out) == 2
     err = capfd.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "out.png" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and "out.txt" in err[0]
     assert out.read_bytes() == b"keep me"
 
 
@@ -304,8 +306,6 @@ def test_ctrl_c_leaves_only_complete_outputs(net_and_ckpt, tmp_path, monkeypatch
     """Interrupt while the second pair's raw file is being written."""
     _, ckpt = net_and_ckpt
     _pairs(tmp_path, n=3)
-    import tdfusion.commands.fuse as fuse_cmd
-
     real_save, calls = np.save, []
 
     def save_then_interrupt(fh, arr):
@@ -315,7 +315,7 @@ def test_ctrl_c_leaves_only_complete_outputs(net_and_ckpt, tmp_path, monkeypatch
             raise KeyboardInterrupt
         real_save(fh, arr)
 
-    monkeypatch.setattr(fuse_cmd.np, "save", save_then_interrupt)
+    monkeypatch.setattr(np, "save", save_then_interrupt)  # fuse imports numpy when it runs
     out = tmp_path / "out"
     assert _fuse(ckpt, tmp_path / "a", tmp_path / "b", out, "--raw") == 130
     # Pair 00 complete; pair 01's image was written before the interrupt, its raw was not.

@@ -266,9 +266,9 @@ def test_report_is_self_contained(folders, capsys):
         assert "://" not in link and not link.startswith("/") and ".." not in link, link
         assert (out / link).resolve().is_file(), link
         assert (out / link).resolve().is_relative_to(out.resolve())
-    assert sorted(p.name for p in (out / "sheets").iterdir()) == [f"{s}.png" for s in STEMS]
+    assert sorted(p.name for p in (out / "sheets").iterdir()) == [f"{s}.jpg" for s in STEMS]
     assert sorted(p.name for p in (out / "crops").iterdir()) == [f"{s}.png" for s in STEMS]
-    sheet = cv2.imread(str(out / "sheets" / "s01.png"))
+    sheet = cv2.imread(str(out / "sheets" / "s01.jpg"))
     assert sheet.shape[0] == 64 + 26  # one row: panel height + label strip
     doc = json.loads((out / "metrics.json").read_text())
     assert list(doc["methods"]) == ["mean", "maxrgb"]
@@ -337,8 +337,8 @@ def test_report_with_loss_generator_weight_maps(folders, capsys):
     assert code == 0, err
     without = folders / "rep2"
     assert _run(capsys, *_report(folders, without, "--no-metrics", "--columns", "10"))[0] == 0
-    w_with = cv2.imread(str(out / "sheets" / "s01.png")).shape[1]
-    w_without = cv2.imread(str(without / "sheets" / "s01.png")).shape[1]
+    w_with = cv2.imread(str(out / "sheets" / "s01.jpg")).shape[1]
+    w_without = cv2.imread(str(without / "sheets" / "s01.jpg")).shape[1]
     panel = round(56 * 64 / 48)
     assert w_with - w_without == 2 * (panel + 4)  # two more panels: w_A and v_A maps
 

@@ -312,7 +312,7 @@ def test_bad_weights_are_reported_with_the_file(tmp_path):
                                             r"has shape \(64, 1, 7, 7\) but this network expects \(32, 1, 7, 7\)"):
         create_task("seg", {"num_classes": 3, "weights": str(tmp_path / "b1.pt")}).build_network()
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(TDFusionError, match=r"junk\.pt: cannot read weights"):
+    with pytest.raises(TDFusionError, match=r"junk\.pt: not a readable weights file"):
         _tiny_task(weights=str(tmp_path / "junk.pt")).build_network()
     with pytest.raises(TDFusionError, match=r"missing\.pt: no such weights file"):
         _tiny_task(weights=str(tmp_path / "missing.pt")).build_network()

@@ -82,29 +82,77 @@ def test_boxes_are_tight_around_their_class_and_cover_all_objects(scenes):
     assert n_boxes >= N  # at least one person per scene
 
 
+def _ring(region: np.ndarray, allowed: np.ndarray, width: int = 4) -> np.ndarray:
+    """Pixels of ``allowed`` within ``width`` pixels of ``region`` (its local surroundings)."""
+    grown = cv2.dilate(region.astype(np.uint8), np.ones((2 * width + 1, 2 * width + 1), np.uint8)).astype(bool)
+    return grown & ~region & allowed
+
+
 def test_people_are_warm_in_infrared(scenes):
+    checked = 0
     for p in scenes:
         person, road = p.mask == SEG["person"], p.mask == SEG["road"]
-        if person.sum() >= MIN_BOX_PIXELS:
-            assert p.ir[person].mean() > p.ir[road].mean() + 0.2
+        ring = _ring(person, road)
+        if person.sum() >= MIN_BOX_PIXELS and ring.sum() >= 10:
+            assert np.median(p.ir[person]) > np.median(p.ir[ring]) + 0.1
+            checked += 1
+    assert checked >= N // 2
 
 
 def test_lane_markings_show_in_visible_only(scenes):
-    checked = 0
+    vis_contrasts, ir_contrasts = [], []
     kernel = np.ones((3, 3), np.uint8)
     for p in scenes:
-        # Inner marking pixels only: the IR blur mixes the marking border with neighbours.
+        # Inner marking pixels only: the IR blur mixes the marking border with neighbours;
+        # compared with the road right around them (the IR clutter varies across the road).
         marking = cv2.erode((p.mask == SEG["marking"]).astype(np.uint8), kernel).astype(bool)
-        road = p.mask == SEG["road"]
-        if marking.sum() < 10:
+        ring = _ring(p.mask == SEG["marking"], p.mask == SEG["road"], 3)
+        if marking.sum() < 10 or ring.sum() < 10:
             continue
-        vis_contrast = abs(np.median(_luma(p.vis)[marking]) - np.median(_luma(p.vis)[road]))
-        ir_contrast = abs(np.median(p.ir[marking]) - np.median(p.ir[road]))
-        assert vis_contrast > 0.05
-        assert ir_contrast < 0.025
-        assert vis_contrast > 3 * ir_contrast
-        checked += 1
-    assert checked >= N // 2
+        vis_contrast = abs(np.median(_luma(p.vis)[marking]) - np.median(_luma(p.vis)[ring]))
+        ir_contrast = abs(np.median(p.ir[marking]) - np.median(p.ir[ring]))
+        if not p.night:  # worn paint in a shadow is faint, but there
+            assert vis_contrast > 0.03
+        assert ir_contrast < 0.05  # a warm blob may lie next to a marking
+        vis_contrasts.append(vis_contrast)
+        ir_contrasts.append(ir_contrast)
+    assert len(vis_contrasts) >= N // 2
+    assert np.median(vis_contrasts) > 5 * np.median(ir_contrasts)
+
+
+def test_infrared_has_warm_clutter_that_is_not_an_object(scenes):
+    """Decoys: in most scenes with a person, some pixels of the road or the background are at
+    least as warm as that person's median, so warmth alone does not mean 'person'."""
+    with_decoys = with_people = 0
+    for p in scenes:
+        person = p.mask == SEG["person"]
+        if person.sum() < MIN_BOX_PIXELS:
+            continue
+        with_people += 1
+        warm = (p.ir >= np.median(p.ir[person])) & (p.mask < SEG["person"])
+        with_decoys += warm.sum() >= 10
+    assert with_people >= N // 2 and with_decoys >= with_people // 2
+
+
+def test_some_people_are_camouflaged_in_the_visible_image(scenes):
+    """By day about half of the people wear clothes of the road's brightness: only the
+    infrared image separates them from the road."""
+    camouflaged = day_people = 0
+    for p in scenes:
+        if p.night:
+            continue
+        person, road = p.mask == SEG["person"], p.mask == SEG["road"]
+        n, labels = cv2.connectedComponents(person.astype(np.uint8))
+        for k in range(1, n):
+            one = labels == k
+            ring = _ring(one, road)
+            if one.sum() < MIN_BOX_PIXELS or ring.sum() < 10:
+                continue
+            day_people += 1
+            vis_contrast = abs(np.median(_luma(p.vis)[one]) - np.median(_luma(p.vis)[ring]))
+            ir_contrast = np.median(p.ir[one]) - np.median(p.ir[ring])
+            camouflaged += vis_contrast < 0.06 and ir_contrast > 0.1
+    assert day_people >= 10 and camouflaged >= day_people // 5
 
 
 def test_night_visible_is_darker_than_day(scenes):

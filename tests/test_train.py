@@ -129,3 +129,11 @@ def test_resume_errors(full_run, tmp_path):
 def test_bad_loss_form_is_a_clear_error(capsys):
     code = main(["train", "--task", "recon", "--dataset", "synthetic", *TINY, "loss.form=other"])
     assert code == 2 and "loss.form" in capsys.readouterr().err
+
+
+def test_warmup_epochs_train_f_and_t_before_the_first_meta_phase(tmp_path):
+    out = tmp_path / "warm"
+    assert main(["train", "--task", "recon", "--dataset", "synthetic", "--out", str(out), *TINY,
+                 "train.warmup_epochs=1", "train.meta_steps=2", "train.fusion_steps=2"]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["phase"]) for r in log] == [(1, "fusion")] * 2 + [(2, "meta")] * 2 + [(2, "fusion")] * 2

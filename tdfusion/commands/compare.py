@@ -2,20 +2,29 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import TDFusionError
-from .eval import add_common, build_split, emit, eval_config, folder_names
+from .eval import add_common, build_split, eval_config, folder_names
 from . import SUMMARY
 
 EPILOG = """\
-For each source (ir, vis, the fused images of each --checkpoint, each --fused folder)
-the same task network is trained from scratch on that source's training images, with the
-same schedule and seed, then evaluated on that source's test images (TDFusion, Table 2).
-Schedule: --epochs, data.batch_size, optim.lr_task, train.seed of the config.
+For each source (ir, vis, the fused images of each --checkpoint, each --fused folder) and
+each seed, a fresh task network is trained on that source's training images with the
+downstream regime (config section `downstream:`, preset `paper` = the downstream code
+TDFusion names, or `fast` for CPU runs), then scored on that source's test images
+(TDFusion Sec. 4.3, Table 2). Every source goes through the same path: a checkpoint's
+images are made exactly as `tdfusion fuse` makes them, then read back like a --fused
+folder. The table shows mean ± std over the seeds; a source whose interval does not
+overlap the best source's is marked "<".
 
 examples:
+  tdfusion compare --task seg --dataset synthetic --checkpoint runs/a/last.pt runs/b/last.pt \\
+                   --seeds 0 1 --preset fast --json x.json
   tdfusion compare --task seg --dataset msrs --data-root /data/MSRS --checkpoint runs/msrs_seg/last.pt \\
-                   --fused results/cddfuse --names cddfuse --epochs 300 --json table2.json
+                   --fused results/cddfuse --names cddfuse --seeds 0 1 2 --json table2.json
+  tdfusion compare --task det --dataset msrs_det --data-root ../shared/data/msrs_det --preset fast \\
+                   --checkpoint runs/msrs_det/last.pt --seeds 0 1 2 --jobs 2 downstream.epochs=60
 """
 
 
@@ -24,43 +33,82 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Retrain-per-source comparison of fusion methods on a downstream task.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", nargs="*", default=[], metavar="PATH",
-                   help="tdfusion checkpoints whose fusion networks are compared (fused on the fly)")
-    p.add_argument("--epochs", type=int, default=None, metavar="N", help="task training epochs (default train.epochs)")
+                   help="tdfusion or published checkpoints whose fusion networks are compared")
+    p.add_argument("--checkpoint-names", nargs="+", default=None, metavar="NAME",
+                   help="names for the --checkpoint sources (default: 'fused' for one, the run folder's name else)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="S",
+                   help="train every source once per seed (default: train.seed); the table shows mean ± std")
+    p.add_argument("--preset", choices=("paper", "fast"), help="downstream regime preset (downstream.preset)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N", help="task training epochs (downstream.epochs)")
+    p.add_argument("--task-weights", metavar="PATH", help="local pretrained task weights (downstream.weights)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="trainings run at once, each on its share of the CPU threads (default 1)")
+    p.add_argument("--work-dir", metavar="DIR",
+                   help="keep the source folders here (grey images, targets, and each checkpoint's fuse "
+                        "outputs) instead of a temporary folder")
     p.add_argument("--no-baselines", action="store_true", help="skip the ir-only and vis-only sources")
     add_common(p)
     p.set_defaults(func=run)
 
 
+def checkpoint_names(args: argparse.Namespace) -> list[str]:
+    if args.checkpoint_names is not None:
+        if len(args.checkpoint_names) != len(args.checkpoint):
+            raise TDFusionError(f"--checkpoint-names gives {len(args.checkpoint_names)} names for "
+                                f"{len(args.checkpoint)} checkpoints")
+        return list(args.checkpoint_names)
+    if len(args.checkpoint) == 1:
+        return ["fused"]
+    names = [Path(p).parent.name if Path(p).stem in ("last", "best") else Path(p).stem for p in args.checkpoint]
+    return names if len(set(names)) == len(names) else [f"fused:{p}" for p in args.checkpoint]
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint, load_module
+    from ..checkpoint import load_checkpoint
+    from ..comparison import ImageSource, compare, write_payload
     from ..device import resolve_device
-    from ..evaluate import compare_sources, fused_folder_source, fusion_source, input_source
+    from ..downstream import downstream_settings, with_overrides
+    from ..results import print_summary_table, write_summary_csv
     from ..train import build_task
 
     ckpts = [load_checkpoint(p) for p in args.checkpoint]
-    cfg = eval_config(args, ckpts[0] if ckpts else None)
+    # The checkpoints are only fusion networks here: the dataset and task come from
+    # --config/--dataset when given, else from the first checkpoint's run config.
+    saved = None if (args.config or args.dataset) else next(
+        (c for c in ckpts if c.get("extra", {}).get("config")), None)
+    cfg = eval_config(args, saved)
     if args.task:
         cfg["task"] = {**cfg["task"], "name": args.task}
+    section = dict(cfg.get("downstream") or {})
+    if args.preset:
+        section["preset"] = args.preset
+    settings = with_overrides(downstream_settings(section, cfg["task"]["name"]), epochs=args.epochs,
+                              weights=args.task_weights)
+    if args.jobs < 1:
+        raise TDFusionError(f"--jobs must be >= 1, got {args.jobs}")
     device = resolve_device(args.device or cfg["train"]["device"])
     train_set, test_set = build_split(cfg, "train_split"), build_split(cfg, "test_split")
     if not len(train_set) or not len(test_set):
         raise TDFusionError(f"dataset {cfg['dataset']['name']!r}: compare needs non-empty train and test splits")
-    task = build_task(cfg["task"], train_set)
+    task = build_task(cfg["task"], train_set)  # checks the task suits the dataset before any work
+    if task.target_kind != train_set.target_kind:
+        raise TDFusionError(f"dataset {cfg['dataset']['name']!r} provides {train_set.target_kind!r} targets but task "
+                            f"{task.name!r} needs {task.target_kind!r}")
 
-    sources = []
-    for path, ckpt in zip(args.checkpoint, ckpts):
-        name = "fused" if len(ckpts) == 1 else f"fused:{path}"
-        sources.append(fusion_source(name, load_module(ckpt, "fusion", path).to(device).eval()))
-    sources += [fused_folder_source(n, d) for n, d in zip(folder_names(args), args.fused)]
+    sources = [ImageSource(n, "checkpoint", str(p)) for n, p in zip(checkpoint_names(args), args.checkpoint)]
+    sources += [ImageSource(n, "folder", str(d)) for n, d in zip(folder_names(args), args.fused)]
     if not args.no_baselines:
-        sources += [input_source("ir", "a"), input_source("vis", "b")]
-    if not sources:
-        raise TDFusionError("nothing to compare: give --checkpoint, --fused or keep the baselines")
-    dc, oc = cfg["data"], cfg["optim"]
-    epochs = args.epochs if args.epochs is not None else cfg["train"]["epochs"]
-    results = compare_sources(task, sources, train_set, test_set, epochs=epochs, batch_size=dc["batch_size"],
-                              lr=oc["lr_task"], task_size=dc["task_size"], crop_size=dc["crop_size"],
-                              seed=cfg["train"]["seed"], device=device, limit=args.limit)
-    emit(results, args, f"{task.name} on {cfg['dataset']['name']}: task network retrained per source ({epochs} epochs)",
-         {"task": task.name, "dataset": cfg["dataset"]["name"], "protocol": "retrain-per-source", "epochs": epochs})
+        sources += [ImageSource("ir", "input", "a"), ImageSource("vis", "input", "b")]
+    seeds = args.seeds if args.seeds is not None else [int(cfg["train"]["seed"])]
+    task_cfg = {k: v for k, v in cfg["task"].items()}
+    payload = compare(task_cfg, settings, sources, train_set, test_set, seeds=seeds, device=str(device),
+                      work_dir=args.work_dir, jobs=args.jobs, limit=args.limit)
+    payload.update({"task": task.name, "dataset": cfg["dataset"]["name"]})
+    title = (f"{task.name} on {cfg['dataset']['name']}: task network retrained per source "
+             f"({settings.epochs} epochs, preset {section.get('preset', 'paper')}, seeds {' '.join(map(str, seeds))})")
+    print_summary_table(payload, title)
+    if args.json:
+        write_payload(args.json, payload)
+    if args.csv:
+        write_summary_csv(args.csv, payload)
     return 0

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-from rich.table import Table
-
-from ..data.det import DEFAULT_TOLERANCE, LLVIP_CLASSES, M3FD_CLASSES, MSRS_DET_CLASSES, read_class_names
-from ..data.det import read_split_list, voc_to_yolo
 from ..errors import TDFusionError
 from . import SUMMARY
 
-PRESETS = {"m3fd": M3FD_CLASSES, "llvip": LLVIP_CLASSES, "msrs_det": MSRS_DET_CLASSES}
+# The parser is built without importing the dataset readers (numpy, OpenCV, the dataset
+# registry: --help would take seconds), so it names the presets and the default tolerance
+# itself; tests/test_fuse_outputs.py checks them against tdfusion.data.det.
+PRESET_NAMES = ("llvip", "m3fd", "msrs_det")
+DEFAULT_TOLERANCE = 0.01
+
+
+def presets() -> dict[str, tuple[str, ...]]:
+    """Preset name -> class names, from the dataset readers."""
+    from ..data.det import LLVIP_CLASSES, M3FD_CLASSES, MSRS_DET_CLASSES
+
+    return {"llvip": LLVIP_CLASSES, "m3fd": M3FD_CLASSES, "msrs_det": MSRS_DET_CLASSES}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--out", required=True, metavar="DIR", help="folder for the <stem>.txt label files")
     names = v.add_mutually_exclusive_group(required=True)
     names.add_argument("--classes", nargs="+", metavar="NAME", help="class names in id order (case-insensitive)")
-    names.add_argument("--preset", choices=sorted(PRESETS), help="class list of a known dataset")
+    names.add_argument("--preset", choices=PRESET_NAMES, help="class list of a known dataset")
     names.add_argument("--data-yaml", metavar="FILE", help="take the class names from a YOLO data.yaml")
     v.add_argument("--images", metavar="DIR", help="the annotated images, read for XML files without <size>")
     v.add_argument("--list", metavar="FILE", help="convert only the stems in this split list")
@@ -45,12 +51,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_voc2yolo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..data.det import read_class_names, read_split_list, voc_to_yolo
+
     if args.tolerance < 0:
         raise TDFusionError(f"--tolerance must be >= 0, not {args.tolerance}")
     if args.classes:
         classes = list(args.classes)
     elif args.preset:
-        classes = list(PRESETS[args.preset])
+        classes = list(presets()[args.preset])
     else:
         classes = read_class_names(args.data_yaml)
     if len({c.lower() for c in classes}) != len(classes):

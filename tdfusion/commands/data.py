@@ -13,27 +13,25 @@ import sys
 from collections import Counter
 from typing import Any
 
-import numpy as np
-import yaml
-from rich.console import Console
-from rich.table import Table
-
-from ..data import available_datasets, build_dataset
 from ..errors import TDFusionError
-from ..progress import progress_bar
 from . import SUMMARY
+
+# numpy, rich and the dataset registry are imported where they are used: `data --help`
+# loads none of them.
 
 EPILOG = """\
 examples:
   tdfusion data list
-  tdfusion data check --dataset msrs --data-root /data/MSRS --split test
-  tdfusion data check --dataset fmb --data-root /data/FMB
+  tdfusion data check --dataset msrs --data-root /data/MSRS            # train and test splits
+  tdfusion data check --dataset fmb --data-root /data/FMB --split test
   tdfusion data check --dataset seg_folder --data-root synth/ --option descriptor=my_dataset.yaml
   tdfusion data check --dataset msrs --data-root /data/MSRS --option label_dir=Label
+  tdfusion data check --dataset ivif --data-root /data/MSRS            # a recipe name: its dataset
 
 Dataset options (--option KEY=VALUE, value parsed as YAML) are those of the dataset's
-builder, e.g. a_dir / b_dir / label_dir / ignore_index for msrs, fmb and seg_folder,
-classes / descriptor for seg_folder.
+builder: `tdfusion data list` shows each dataset's. The source folders are spelt dir_a /
+dir_b or a_dir / b_dir (likewise label_dir / dir_label): both work for every dataset.
+A misspelt option is an error that names the closest valid one.
 """
 
 MAX_PROBLEMS_SHOWN = 20
@@ -50,9 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                              description="Load every sample of a dataset split, report problems and "
                                          "print pairs, image sizes and a per-class histogram.",
                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    chk.add_argument("--dataset", required=True, metavar="NAME", help="a registered dataset (tdfusion data list)")
+    chk.add_argument("--dataset", required=True, metavar="NAME",
+                     help="a registered dataset or a recipe name such as ivif (tdfusion data list)")
     chk.add_argument("--data-root", default=None, metavar="DIR", help="the dataset's root folder")
-    chk.add_argument("--split", default="train", help="split to check (default: train)")
+    chk.add_argument("--split", default=None,
+                     help="split to check (default: every split the dataset has of train, val, test)")
     chk.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="dataset builder option, repeatable (value parsed as YAML)")
     chk.add_argument("--limit", type=int, default=None, metavar="N", help="check only the first N samples")
@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:
+    import yaml
+
     options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -73,31 +75,64 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def _build(name: str, root: str | None, split: str, options: dict[str, Any]):
-    try:
-        return build_dataset(name, root, split, **options)
-    except TypeError as exc:
-        if "unexpected keyword argument" in str(exc):
-            bad = str(exc).split("argument")[-1].strip(" '\"")
-            raise TDFusionError(f"dataset {name!r} has no option {bad!r}") from None
-        raise
+    from ..data import build_dataset
+
+    return build_dataset(name, root, split, **options)
+
+
+def _recipes() -> list[tuple[str, str, str, dict, str]]:
+    """``(recipe dataset name, task, dataset it reads, its options, config file)`` of the shipped recipes."""
+    from ..config import CONFIG_DIR, load_config
+
+    rows = []
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        cfg = load_config(path)
+        recipe = cfg.get("recipe") or {}
+        if recipe.get("dataset"):
+            ds = cfg["dataset"]
+            rows.append((str(recipe["dataset"]), str(recipe.get("task", cfg["task"]["name"])), ds["name"],
+                         dict(ds.get("options") or {}), path.name))
+    return rows
+
+
+def _resolve_recipe_name(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A recipe name (ivif, mif...) that is no dataset -> the dataset it reads, with its options."""
+    from ..data import available_datasets
+
+    if name.lower() in available_datasets():
+        return name, options
+    for recipe, _, dataset, recipe_options, _ in _recipes():
+        if recipe.lower() == name.lower():
+            return dataset, {**recipe_options, **options}
+    return name, options
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ..data import registry
+    from rich.console import Console
+    from rich.table import Table
 
-    table = Table(title="registered datasets")
-    table.add_column("name", no_wrap=True)
-    table.add_column("description")
+    from ..data import available_datasets
+    from ..data.registry import dataset_builder, dataset_options
+
+    console = Console()
+    if not console.is_terminal:  # piped: no squeezing into 80 columns
+        console = Console(width=200)
+    table = Table(title="registered datasets (--dataset NAME)")
+    for col in ("name", "serves", "options", "description"):
+        table.add_column(col, no_wrap=col == "name")
     for name in available_datasets():
-        builder = registry._BUILDERS.get(name)
-        if builder is None and name in registry._LAZY:
-            import importlib
-
-            importlib.import_module(registry._LAZY[name])
-            builder = registry._BUILDERS.get(name)
-        doc = (builder.__doc__ or "").strip().splitlines()[0] if builder is not None and builder.__doc__ else ""
-        table.add_row(name, doc.replace("``", ""))
-    Console().print(table)
+        builder = dataset_builder(name)
+        doc = (builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else ""
+        table.add_row(name, getattr(builder, "serves", None) or "-", ", ".join(dataset_options(name)) or "-",
+                      doc.replace("``", ""))
+    console.print(table)
+    recipes = Table(title="recipes (tdfusion train --dataset NAME; configs/*.yaml)")
+    for col in ("name", "task", "reads", "config"):
+        recipes.add_column(col, no_wrap=True)
+    for recipe, task, dataset, options, config in _recipes():
+        shown = dataset + (" (" + ", ".join(f"{k}: {v}" for k, v in options.items()) + ")" if options else "")
+        recipes.add_row(recipe, task, shown, config)
+    console.print(recipes)
     return 0
 
 
@@ -106,8 +141,39 @@ def _size(hw: tuple[int, int]) -> str:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    options = parse_options(args.option)
-    dataset = _build(args.dataset, args.data_root, args.split, options)
+    name, options = _resolve_recipe_name(args.dataset, parse_options(args.option))
+    if args.split is not None:
+        return _check_split(args, name, args.split, _build(name, args.data_root, args.split, options))
+    found, status, seen = [], 0, []
+    for split in ("train", "val", "test"):
+        try:
+            dataset = _build(name, args.data_root, split, options)
+        except TDFusionError as exc:
+            missing = exc
+            continue
+        # A dataset without split folders (pairs) reads its root for every split: check it once.
+        pairs = getattr(dataset, "pairs", None)
+        if pairs is not None and pairs in seen:
+            continue
+        seen.append(pairs)
+        found.append((split, dataset))
+    if not found:
+        raise missing
+    for split, dataset in found:
+        status = max(status, _check_split(args, name, split, dataset))
+    absent = [s for s in ("train", "val", "test") if s not in {f for f, _ in found}]
+    print(f"checked split(s): {', '.join(f for f, _ in found)}"
+          + (f" (no other split: {', '.join(absent)})" if absent else ""))
+    return status
+
+
+def _check_split(args: argparse.Namespace, name: str, split: str, dataset) -> int:
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..progress import progress_bar
+
     kind = getattr(dataset, "target_kind", "none")
     classes = list(getattr(dataset, "classes", []) or [])
     ignore_index = getattr(dataset, "ignore_index", None)
@@ -121,7 +187,7 @@ def run_check(args: argparse.Namespace) -> int:
     box_images: Counter = Counter()
     problems: list[str] = []
     checked = 0
-    with progress_bar(n, f"checking {args.dataset}/{args.split}", enabled=n > 1 and sys.stdout.isatty()) as advance:
+    with progress_bar(n, f"checking {name}/{split}", enabled=n > 1 and sys.stdout.isatty()) as advance:
         for i in range(n):
             try:
                 sample = dataset.load(i)
@@ -146,13 +212,13 @@ def run_check(args: argparse.Namespace) -> int:
                     box_images[int(c)] += 1
                 for c in ids:
                     if classes and not 0 <= c < len(classes):
-                        problems.append(f"{args.dataset}/{args.split} sample {sample.stem}: box class {c} "
+                        problems.append(f"{name}/{split} sample {sample.stem}: box class {c} "
                                         f"outside 0..{len(classes) - 1}")
                         break
             advance()
 
     console = Console()
-    summary = Table(title=f"{args.dataset} / {args.split}", show_header=False)
+    summary = Table(title=f"{name} / {split}", show_header=False)
     summary.add_column("key", style="bold", no_wrap=True)
     summary.add_column("value")
     summary.add_row("root", str(args.data_root) if args.data_root else "-")

@@ -14,17 +14,22 @@ examples:
                 --checkpoint runs/msrs_det/last.pt --fused results/cddfuse results/tardal --names cddfuse tardal
   tdfusion eval --task seg --dataset synthetic --checkpoint runs/synthetic_seg/last.pt --json seg.json
 
-Sources scored with the checkpoint's task network: its fused images (computed on the
-fly), the two inputs alone (ir, vis) unless --no-baselines, and each --fused folder
-(<dir>/test/<stem>.* or <dir>/<stem>.*). All are resized to the task input size;
-targets stay at native resolution. JSON: the first source's metrics at the top level,
-every source under "sources".
+A diagnostic of a training run, not a comparison of methods: every source is scored
+with the task network stored in the checkpoint, the one trained jointly with the fusion
+network on its fused images, so it favours that checkpoint. Sources: its fused images
+(computed on the fly from the task-size inputs, as in training), the two inputs alone
+(ir, vis) unless --no-baselines, and each --fused folder (<dir>/test/<stem>.* or
+<dir>/<stem>.*). All are resized to the task input size; targets stay at native
+resolution. JSON: "protocol": "checkpoint-task-network", the first source's metrics at
+the top level, every source under "sources". To compare fusion methods on a task,
+retrain the task network per source: tdfusion compare.
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help=SUMMARY["eval"],
-                       description="Score the task network of a checkpoint on fused images and baselines.",
+                       description="Diagnostic: score a checkpoint's own task network on its fused images "
+                                   "and baselines (to compare methods, use tdfusion compare).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run)
@@ -70,10 +75,12 @@ def eval_config(args: argparse.Namespace, ckpt: dict | None) -> dict:
     if args.config or not saved:
         ns = argparse.Namespace(config=args.config, task=args.task, dataset=args.dataset, data_root=args.data_root,
                                 out=None, device=args.device, epochs=None, task_weights=None, resume=None,
-                                overrides=args.overrides)
+                                preset=None, overrides=args.overrides)
         cfg, _ = resolve_config(ns)
         return cfg
-    cfg = saved
+    from .train import with_new_keys
+
+    cfg = with_new_keys(saved, schema)
     for flag, key in (("task", "task.name"), ("dataset", "dataset.name"), ("data_root", "dataset.root"),
                       ("device", "train.device")):
         if getattr(args, flag) is not None:
@@ -88,7 +95,8 @@ def build_split(cfg: dict, split_key: str):
 
     ds = cfg["dataset"]
     try:
-        return build_dataset(ds["name"], ds["root"], ds[split_key], **dict(ds.get("options") or {}))
+        return build_dataset(ds["name"], ds["root"], ds[split_key], cache=bool(cfg["data"].get("cache")),
+                             **dict(ds.get("options") or {}))
     except TypeError as exc:
         raise TDFusionError(f"dataset {ds['name']!r}: bad option ({exc})") from None
 
@@ -147,9 +155,13 @@ def run(args: argparse.Namespace) -> int:
     sources += [fused_folder_source(n, d) for n, d in zip(folder_names(args), args.fused)]
     if not args.no_baselines:
         sources += [input_source("ir", "a"), input_source("vis", "b")]
+    if args.fused and ckpt is not None and "task" in ckpt and not args.task_weights:
+        print("note: every source is scored with the checkpoint's own task network, trained on the checkpoint's "
+              "fused images, so this favours the checkpoint; to compare methods, use tdfusion compare")
     with torch.no_grad():
         results = evaluate_sources(task, task_net, sources, test_set, cfg["data"]["task_size"], device,
                                    limit=args.limit)
-    emit(results, args, f"{task.name} on {cfg['dataset']['name']} ({cfg['dataset']['test_split']})",
-         {"task": task.name, "dataset": cfg["dataset"]["name"]})
+    emit(results, args, f"diagnostic: {task.name} on {cfg['dataset']['name']} ({cfg['dataset']['test_split']}), "
+                        f"scored by the checkpoint's own task network",
+         {"task": task.name, "dataset": cfg["dataset"]["name"], "protocol": "checkpoint-task-network"})
     return 0

@@ -1,44 +1,57 @@
-"""``tdfusion fuse``: fuse image pairs with a trained or published checkpoint."""
+"""``tdfusion fuse``: fuse image pairs or two video streams with a trained or published checkpoint.
+
+Heavy imports (torch, OpenCV) happen inside :func:`run`: ``tdfusion fuse --help`` loads
+neither.
+"""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
-
-from ..checkpoint import load_fusion_net
-from ..chunked import parse_memory, plan_bands
-from ..device import in_flight, resolve_device
 from ..errors import TDFusionError
-from ..inference import fuse_images, to_integer
-from ..io import Image, atomic_write, match_pairs, read_image, write_image
-from ..progress import progress_bar
+from ..hub import MODELS
 from . import PRECISIONS, SUMMARY
 
-EPILOG = """\
+EPILOG = f"""\
 examples:
-  tdfusion fuse --checkpoint ReFusion_IVIF.pth --a ir/ --b vis/ --out fused/
-  tdfusion fuse --checkpoint runs/demo/last.pt --a ir.png --b vis.jpg --out out/ --gray
+  tdfusion fuse --checkpoint refusion-ivif --a ir/ --b vis/ --out fused/
+  tdfusion fuse --checkpoint runs/demo/last.pt --a ir.png --b vis.jpg --out fused.png --gray
+  tdfusion fuse --checkpoint refusion-ivif --a ir.mp4 --b vis.mp4 --out fused.mp4
 
 Pairs are matched by file stem (ir/00001.png <-> vis/00001.jpg). Outputs are
-<out>/<stem>.png, written atomically; 16-bit sources give 16-bit outputs.
-"""
+<out>/<stem>.png, written atomically; 16-bit sources give 16-bit outputs. For one pair,
+an --out ending in an image extension is the output file itself.
 
+Video: --a/--b may be video files or folders of numbered frames (at least one a video);
+--out a video file (.mp4 .mov: MPEG-4; .mkv .avi: lossless FFV1) or a frame folder.
+
+Published models by name (downloaded once, checksum-checked, cached in $TDFUSION_HOME or
+the user cache folder; docs/models.md):
+  {", ".join(list(MODELS)[:4])},
+  {", ".join(list(MODELS)[4:])}.
+"""
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fuse", help=SUMMARY["fuse"],
         description="Fuse two images, or two folders of images paired by file stem.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="tdfusion checkpoint (e.g. runs/x/last.pt) or published ReFusion_*.pth")
+    p.add_argument("--checkpoint", required=True, metavar="NAME|PATH",
+                   help="a published model by name (refusion-ivif, tdfusion-msrs, ...: see below) or a "
+                        "checkpoint file: tdfusion's (runs/x/last.pt) or a published ReFusion_*.pth")
     p.add_argument("--a", required=True, metavar="PATH",
-                   help="first source: an image file or a folder (infrared, CT/PET, near focus, under-exposed)")
+                   help="first source: an image file, a folder or a video (infrared, CT/PET, near focus, "
+                        "under-exposed)")
     p.add_argument("--b", required=True, metavar="PATH",
-                   help="second source: an image file or a folder (visible, MRI, far focus, over-exposed)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+                   help="second source: an image file, a folder or a video (visible, MRI, far focus, "
+                        "over-exposed)")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="output folder (created if missing); for one pair an image file (fused.png); for "
+                        "video a video file (fused.mp4) or a frame folder")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave outputs that already exist alone and fuse only the missing ones (default: "
+                        "replace them, and say how many were replaced)")
     p.add_argument("--normalize", choices=("minmax", "none"), default="minmax",
                    help="minmax: stretch the fused luminance to the full range, as the published "
                         "results did (default); none: keep the network output as is")
@@ -50,7 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also save the network's raw float32 output as <stem>.raw.npy")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="bound the memory the network uses, e.g. 4G or 800M: large images are "
-                        "computed exactly in bands of rows sized to fit (default: no bound)")
+                        "computed exactly in bands of rows sized to fit (default: bands of about 49,000 "
+                        "pixels on CPU; on GPU the whole image, or bands that fit 80%% of the free "
+                        "GPU memory when it does not fit)")
     p.add_argument("--chunk-rows", type=int, default=None, metavar="N",
                    help="rows per band of the exact banded computation (overrides --max-memory)")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
@@ -58,9 +73,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "within 1e-4), bfloat16 (CPU or GPU) or float16 (GPU only): half the memory, "
                         "faster on GPUs, and about 2e-3 (bfloat16) off float32 "
                         "(tdfusion bench --bf16-error measures it)")
+    p.add_argument("--batch", type=int, default=8, metavar="N",
+                   help="video: frames per network call on GPU (default 8); on CPU frames go one at a "
+                        "time through the banded executor, as fast as batching there")
+    p.add_argument("--sync", choices=("exact", "shortest"), default="exact",
+                   help="video: exact (default) stops with an error when the two streams have different "
+                        "frame counts; shortest fuses the first N frames, N the shorter stream's count")
+    p.add_argument("--fps", type=float, default=None,
+                   help="video: frame rate of the output (default: A's, else B's, else 25)")
+    p.add_argument("--codec", default=None, metavar="FOURCC",
+                   help="video: FourCC of the output codec (default by extension: mp4v for .mp4/.mov, "
+                        "FFV1 for .mkv/.avi)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="pairs in flight at once, sharing the --threads between them (default on CPU: "
-                        "one pair per thread, each on one thread; 1 with --max-memory or on GPU). "
+                   help="image pairs in flight at once, sharing the --threads between them (default on "
+                        "CPU: one pair per thread, each on one thread; 1 with --max-memory or on GPU). "
                         "The outputs do not depend on it")
     p.add_argument("--device", default=None, metavar="DEV",
                    help="torch device: cuda, cuda:1, cpu (default: cuda when available)")
@@ -69,21 +95,55 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _check_sizes(pairs, resize_b: bool) -> list[tuple[int, int]]:
     """Fail before writing anything if a pair is unreadable or mismatched; the ``(H, W)`` of each A."""
+    from ..io import read_image
+
     sizes = []
     for _, pa, pb in pairs:
         # A full decode, not a header read: a truncated file has an intact header and
         # would otherwise fail only mid-run, after other pairs were written. Decoding
         # costs little next to running the network.
         sa, sb = read_image(pa).size, read_image(pb).size
-        if sa != sb and not resize_b:
-            raise TDFusionError(f"{pb}: size {sb[1]}x{sb[0]} differs from {pa} ({sa[1]}x{sa[0]}); "
-                                f"pass --resize-b to resample B")
+        _check_pair_size(pa, pb, sa, sb, resize_b)
         sizes.append(sa)
     return sizes
 
 
+def _check_pair_size(pa, pb, sa: tuple[int, int], sb: tuple[int, int], resize_b: bool) -> None:
+    if sa != sb and not resize_b:
+        raise TDFusionError(f"{pb}: size {sb[1]}x{sb[0]} differs from {pa} ({sa[1]}x{sa[0]}); "
+                            f"pass --resize-b to resample B")
+
+
+def _check_memory(net, sized_paths, args: argparse.Namespace, device) -> None:
+    """Fail before writing anything if an image cannot fit --max-memory (or, on GPU, its free memory)."""
+    from ..chunked import plan_bands
+
+    if args.max_memory is None and args.chunk_rows is None and device.type != "cuda":
+        return
+    for path, (height, width) in sized_paths:
+        try:
+            plan_bands(net, height, width, args.chunk_rows, args.max_memory, device,
+                       next(net.parameters()).element_size())
+        except TDFusionError as exc:
+            raise TDFusionError(f"{path}: {exc}") from None
+
+
+def _resized(img, size: tuple[int, int]):
+    import cv2
+    import numpy as np
+
+    from ..io import Image
+
+    h, w = size
+    shrink = img.size[0] * img.size[1] > h * w
+    pixels = cv2.resize(img.pixels, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    return Image(np.clip(pixels, 0.0, 1.0), img.bit_depth)
+
+
 def _jobs(args: argparse.Namespace, device, count: int) -> int:
     """Pairs in flight: ``--jobs``, else one per CPU thread (1 on GPU or under --max-memory)."""
+    import torch
+
     if args.jobs is not None:
         return min(args.jobs, max(count, 1))
     if device.type != "cpu" or args.max_memory is not None:
@@ -91,59 +151,203 @@ def _jobs(args: argparse.Namespace, device, count: int) -> int:
     return max(1, min(torch.get_num_threads(), count))
 
 
-def _check_memory(net, pairs, sizes, args: argparse.Namespace, device, max_memory) -> None:
-    """Fail before writing anything if a pair cannot fit --max-memory (or, on GPU, its free memory)."""
-    if max_memory is None and args.chunk_rows is None and device.type != "cuda":
-        return
-    for (_, pa, _), (height, width) in zip(pairs, sizes):
-        try:
-            plan_bands(net, height, width, args.chunk_rows, max_memory, device,
-                       next(net.parameters()).element_size())
-        except TDFusionError as exc:
-            raise TDFusionError(f"{pa}: {exc}") from None
+def _share_memory_bound(args: argparse.Namespace, jobs: int) -> argparse.Namespace:
+    """Pairs in flight share --max-memory: each gets its part (bytes)."""
+    if args.max_memory is None or jobs == 1:
+        return args
+    from ..chunked import parse_memory
+
+    return argparse.Namespace(**{**vars(args), "max_memory": parse_memory(args.max_memory) // jobs})
 
 
-def _resized(img: Image, size: tuple[int, int]) -> Image:
-    h, w = size
-    shrink = img.size[0] * img.size[1] > h * w
-    pixels = cv2.resize(img.pixels, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-    return Image(np.clip(pixels, 0.0, 1.0), img.bit_depth)
+def _load_net(args: argparse.Namespace, device):
+    import torch
+
+    from ..checkpoint import load_fusion_net
+
+    net, _ = load_fusion_net(args.checkpoint, device)
+    return net.to(getattr(torch, args.precision))
+
+
+def _fuse_pair(net, a, b, args: argparse.Namespace):
+    """``(raw, out)`` of :func:`~tdfusion.inference.fuse_images` for two decoded images, B
+    resampled to A's size first when they differ (sizes were checked against --resize-b)."""
+    from ..inference import fuse_images
+
+    if b.size != a.size:
+        b = _resized(b, a.size)
+    return fuse_images(net, a, b, normalize=args.normalize, gray=args.gray,
+                       max_memory=args.max_memory, chunk_rows=args.chunk_rows)
+
+
+def _image_outputs(args: argparse.Namespace, pairs) -> list:
+    """The output file of each pair: ``<out>/<stem>.png``, or ``--out`` itself when it
+    names an image file and there is one pair."""
+    from ..io import IMAGE_EXTENSIONS
+
+    out = Path(args.out)
+    if out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
+        if len(pairs) != 1:
+            raise TDFusionError(f"{out}: an image file as --out needs one pair; {len(pairs)} pairs need a folder")
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise TDFusionError(f"{out}: --out exists and is not a folder")
+    return [out / f"{stem}.png" for stem, _, _ in pairs]
+
+
+def _done_line(what: str, count: int, seconds: float, out: Path, replaced: int, skipped: int) -> str:
+    rate = f" in {seconds:.1f} s ({count / seconds:.2f} {what}/s)" if count and seconds > 0 else ""
+    notes = [f"replaced {replaced} existing file(s)"] if replaced else []
+    notes += [f"skipped {skipped} existing (--skip-existing)"] if skipped else []
+    return f"fused {count} {what}{rate} into {out}" + (f"; {', '.join(notes)}" if notes else "")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..device import resolve_device
+    from ..video import is_video
+
     if args.jobs is not None and args.jobs < 1:
         raise TDFusionError(f"--jobs {args.jobs}: must be at least 1")
     device = resolve_device(args.device)
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise TDFusionError(f"{args.out}: --out exists and is not a folder")
     if args.precision == "float16" and device.type != "cuda":
         # CPU kernels for float16 are slow or missing; bfloat16 is the CPU's half precision.
         raise TDFusionError("--precision float16 needs a CUDA device; use bfloat16 on CPU")
-    pairs = match_pairs(args.a, args.b)
-    sizes = _check_sizes(pairs, args.resize_b)
-    net, _ = load_fusion_net(args.checkpoint, device)
-    net = net.to(getattr(torch, args.precision))
-    jobs = _jobs(args, device, len(pairs))
-    # Pairs in flight share the bound: each gets its part.
-    max_memory = None if args.max_memory is None else parse_memory(args.max_memory) // jobs
-    _check_memory(net, pairs, sizes, args, device, max_memory)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_video(args.a) or is_video(args.b):
+        return _run_video(args, device)
+    return _run_images(args, device)
 
-    def fuse_pair(pair) -> None:  # decoding, colour and encoding overlap other pairs' network time
-        stem, pa, pb = pair
+
+def _run_images(args: argparse.Namespace, device) -> int:
+    import numpy as np
+
+    from ..device import in_flight
+    from ..inference import to_integer
+    from ..io import atomic_write, match_pairs, read_image, write_image
+    from ..progress import progress_bar
+
+    pairs = match_pairs(args.a, args.b)
+    outputs = _image_outputs(args, pairs)
+    todo = [(pair, out) for pair, out in zip(pairs, outputs) if not (args.skip_existing and out.exists())]
+    skipped = len(pairs) - len(todo)
+    if not todo:
+        print(_done_line("pair(s)", 0, 0.0, Path(args.out), 0, skipped))
+        return 0
+    sizes = _check_sizes([pair for pair, _ in todo], args.resize_b)
+    net = _load_net(args, device)
+    jobs = _jobs(args, device, len(todo))
+    args = _share_memory_bound(args, jobs)
+    _check_memory(net, [(pair[1], size) for (pair, _), size in zip(todo, sizes)], args, device)
+    replaced = sum(out.exists() for _, out in todo)
+    start = time.perf_counter()
+
+    def fuse_one(item) -> None:  # decoding, colour and encoding overlap other pairs' network time
+        (_, pa, pb), out = item
         a, b = read_image(pa), read_image(pb)
-        if b.size != a.size:
-            b = _resized(b, a.size)
-        raw, out = fuse_images(net, a, b, normalize=args.normalize, gray=args.gray,
-                               max_memory=max_memory, chunk_rows=args.chunk_rows)
-        write_image(out_dir / f"{stem}.png", to_integer(out, max(a.bit_depth, b.bit_depth)))
+        raw, fused = _fuse_pair(net, a, b, args)
+        write_image(out, to_integer(fused, max(a.bit_depth, b.bit_depth)))
         if args.raw:
-            with atomic_write(out_dir / f"{stem}.raw.npy") as fh:
+            with atomic_write(out.with_name(f"{out.stem}.raw.npy")) as fh:
                 np.save(fh, raw)
 
-    with progress_bar(len(pairs), "fusing", enabled=len(pairs) > 1) as advance:
-        for _ in in_flight(fuse_pair, pairs, jobs):
+    # A bar even for one pair: a large image takes seconds, and silence looks like a hang.
+    with progress_bar(len(todo), "fusing") as advance:
+        for _ in in_flight(fuse_one, todo, jobs):
             advance()
-    print(f"fused {len(pairs)} pair(s) into {out_dir}")
+    print(_done_line("pair(s)", len(todo), time.perf_counter() - start, Path(args.out), replaced, skipped))
     return 0
+
+
+def _video_plan(args: argparse.Namespace):
+    """Open both streams and check them against each other before anything is computed."""
+    from ..video import open_stream
+
+    sa, sb = open_stream(args.a), open_stream(args.b)
+    _check_pair_size(sa.path, sb.path, sa.size, sb.size, args.resize_b)
+    if sa.count != sb.count and args.sync == "exact":
+        raise TDFusionError(f"{sb.path}: {sb.count} frames, but {sa.path} has {sa.count}; pass --sync shortest "
+                            f"to fuse the first {min(sa.count, sb.count)}")
+    if args.batch < 1:
+        raise TDFusionError(f"--batch {args.batch}: must be at least 1")
+    if args.raw:
+        raise TDFusionError("--raw is for image pairs, not video")
+    return sa, sb, min(sa.count, sb.count)
+
+
+def _fuse_frames(net, frames, args: argparse.Namespace, batched: bool) -> list:
+    """Fused frames (float [0, 1]) of a batch of ``(a, b)`` decoded frames.
+
+    ``batched`` (on GPU): the batch is one network call. Otherwise (CPU) each frame goes
+    through the banded executor (:mod:`tdfusion.chunked`), which keeps the work in cache
+    and is as fast per frame as a batched call there.
+    """
+    import numpy as np
+    import torch
+
+    from ..colour import merge_luma, pair_chroma, split_luma
+    from ..inference import normalize_minmax
+
+    if not batched or len(frames) == 1:
+        return [_fuse_pair(net, a, b, args)[1] for a, b in frames]
+    frames = [(a, b if b.size == a.size else _resized(b, a.size)) for a, b in frames]
+    split = [(split_luma(a.pixels), split_luma(b.pixels)) for a, b in frames]
+    param = next(net.parameters())
+    ya = torch.from_numpy(np.stack([s[0][0] for s in split]))[:, None].to(param.device, param.dtype)
+    yb = torch.from_numpy(np.stack([s[1][0] for s in split]))[:, None].to(param.device, param.dtype)
+    with torch.inference_mode():
+        raw = net(ya, yb)[:, 0].float().cpu().numpy()
+    out = []
+    for y, ((_, ca), (_, cb)) in zip(raw, split):
+        y = normalize_minmax(y) if args.normalize == "minmax" else y
+        chroma = None if args.gray else pair_chroma(ca, cb)
+        out.append(y if chroma is None else merge_luma(y, chroma))
+    return out
+
+
+def _run_video(args: argparse.Namespace, device) -> int:
+    import itertools
+
+    from ..inference import to_integer
+    from ..io import write_image
+    from ..progress import progress_bar
+    from ..video import DEFAULT_FPS, VideoWriter, is_video
+
+    sa, sb, count = _video_plan(args)
+    out = Path(args.out)
+    to_video = is_video(out)
+    if to_video and out.is_dir() or not to_video and out.exists() and not out.is_dir():
+        raise TDFusionError(f"{out}: --out must be a video file name or a folder for the frames")
+    names = sa.names[:count]
+    frame_paths = [] if to_video else [out / f"{name}.png" for name in names]
+    if to_video and args.skip_existing and out.exists():
+        print(_done_line("frame(s)", 0, 0.0, out, 0, count))
+        return 0
+    keep = [not (args.skip_existing and p.exists()) for p in frame_paths] if not to_video else [True] * count
+    replaced = int(to_video and out.exists()) + sum(p.exists() for p, k in zip(frame_paths, keep) if k)
+    net = _load_net(args, device)
+    _check_memory(net, [(sa.path, sa.size)], args, device)
+    writer = VideoWriter(out, args.fps or sa.fps or sb.fps or DEFAULT_FPS, sa.size, args.codec) if to_video else None
+    batch = args.batch if device.type == "cuda" else 1
+    start, done = time.perf_counter(), 0
+    try:
+        with progress_bar(count, "fusing frames") as advance:
+            frames = zip(range(count), sa.frames(), sb.frames())
+            while chunk := list(itertools.islice(frames, batch)):
+                wanted = [(i, a, b) for i, a, b in chunk if keep[i]]
+                fused = _fuse_frames(net, [(a, b) for _, a, b in wanted], args, batch > 1) if wanted else []
+                for (i, a, b), pixels in zip(wanted, fused):
+                    # Video containers hold 8-bit frames; frame folders keep 16-bit sources' depth.
+                    if writer is not None:
+                        writer.write(to_integer(pixels, 8))
+                    else:
+                        write_image(frame_paths[i], to_integer(pixels, max(a.bit_depth, b.bit_depth)))
+                done += len(wanted)
+                advance(len(chunk))
+        if writer is not None:
+            writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # nothing half-written under the final name
+        raise
+    print(_done_line("frame(s)", done, time.perf_counter() - start, out, replaced, count - sum(keep)))
+    return 0
+

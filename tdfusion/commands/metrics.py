@@ -57,6 +57,9 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
                    help="one folder (or image) of fused results per method")
     p.add_argument("--names", nargs="+", metavar="NAME",
                    help="display name per --fused entry (default: the folder name)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score each method on the fused images it has, naming those it lacks (default: a "
+                        "missing fused image is an error); the 'images' column shows the counts")
 
 
 def method_inputs(fused: Sequence[str], names: Sequence[str] | None) -> list[MethodInput]:
@@ -71,25 +74,25 @@ def method_inputs(fused: Sequence[str], names: Sequence[str] | None) -> list[Met
     return out
 
 
-def _best(results: Mapping, metric: str) -> float | None:
-    values = [block["mean"][metric] for block in results.values() if metric in block["mean"]]
-    return max(values) if values else None
-
-
 def results_table(results: Mapping, title: str | None = None) -> Table:
-    """Methods as rows, metric means as columns; the best (highest) value per column in bold green."""
+    """Methods as rows, metric means as columns; the best value per column in bold green,
+    only where it differs from the others at the 4 decimals shown."""
+    from ..results import best_at_precision
+
     table = Table(title=title, header_style="bold")
     table.add_column("method")
     table.add_column("images", justify="right")
     for name in METRIC_NAMES:
         table.add_column(name, justify="right")
-    best = {name: _best(results, name) for name in METRIC_NAMES}
-    for method, block in results.items():
+    methods = list(results)
+    best = {name: best_at_precision([results[m]["mean"].get(name) for m in methods]) for name in METRIC_NAMES}
+    for row, method in enumerate(methods):
+        block = results[method]
         cells = []
         for name in METRIC_NAMES:
             v = block["mean"].get(name)
             text = "" if v is None else f"{v:.4f}"
-            cells.append(f"[bold green]{text}[/]" if v is not None and v == best[name] and len(results) > 1 else text)
+            cells.append(f"[bold green]{text}[/]" if row in best[name] else text)
         table.add_row(method, str(len(block["per_image"])), *cells)
     return table
 
@@ -97,7 +100,14 @@ def results_table(results: Mapping, title: str | None = None) -> Table:
 def compute(args: argparse.Namespace, description: str = "metrics") -> dict:
     """Validate the inputs, then score every image with a progress bar; returns the results."""
     methods = method_inputs(args.fused, args.names)
-    jobs = plan_jobs(args.a, args.b, methods)
+    missing: list[tuple[str, str]] | None = [] if getattr(args, "allow_missing", False) else None
+    jobs = plan_jobs(args.a, args.b, methods, missing=missing)
+    for method in dict.fromkeys(m for m, _ in missing or []):
+        stems = [s for m, s in missing if m == method]
+        shown = ", ".join(stems[:10]) + (f" and {len(stems) - 10} more" if len(stems) > 10 else "")
+        print(f"note: {method}: {len(stems)} fused image(s) missing, scored without them: {shown}")
+    if not jobs:
+        raise TDFusionError("no fused image to score")
     show = not getattr(args, "quiet", False) and len(jobs) > 1
     with progress_bar(len(jobs), description, enabled=show) as advance:
         per_method = evaluate_jobs(jobs, args.workers, "sum" if args.vif_sum else "mean",

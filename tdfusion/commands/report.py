@@ -11,7 +11,7 @@ from ..errors import TDFusionError
 from ..io import read_image
 from ..metrics.folders import Job, plan_jobs
 from ..progress import progress_bar
-from ..report import ReportEntry, check_destination, write_report
+from ..report import ReportEntry, check_destination, provenance, write_report
 from .metrics import add_input_arguments, compute, method_inputs
 from . import SUMMARY
 
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="report folder (replaced if it holds a previous report)")
     p.add_argument("--checkpoint", metavar="PATH",
                    help="tdfusion checkpoint with a loss generator G: add its per-pixel weight maps "
-                        "(white = the loss pulls toward A)")
+                        "(viridis, with a colour bar: yellow = the loss pulls toward A)")
     p.add_argument("--crop", metavar="X,Y,W,H", type=_parse_crop,
                    help="also show this region (source pixels) of every panel, enlarged")
     p.add_argument("--height", type=int, default=320, metavar="PX", help="panel height in the sheets (default 320)")
@@ -53,6 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _checkpoint_file(checkpoint: str | None):
+    """The file behind --checkpoint (a published model's cached copy for a name)."""
+    if checkpoint is None:
+        return None
+    from ..hub import resolve_checkpoint
+
+    return resolve_checkpoint(checkpoint, quiet=True)
+
+
 def _parse_crop(text: str) -> tuple[int, int, int, int]:
     try:
         x, y, w, h = (int(v) for v in text.split(","))
@@ -65,25 +74,16 @@ def _parse_crop(text: str) -> tuple[int, int, int, int]:
 
 def _weight_map_fn(checkpoint: str, device_name: str | None):
     """Load G from a checkpoint; return ``f(a_pixels, b_pixels) -> [(label, map)]``."""
-    import torch
-
+    from ..api import loss_weight_maps
     from ..checkpoint import load_checkpoint, load_module
-    from ..colour import split_luma
     from ..device import resolve_device
 
     device = resolve_device(device_name)
     net = load_module(load_checkpoint(checkpoint), "lossgen", str(checkpoint)).to(device).eval()
-    labels = ["G w_A (intensity)"] + (["G v_A (gradient)"] if net.pairs == 2 else [])
+    described = {"w_a": "w_A (intensity)", "v_a": "v_A (gradient)"}
 
-    @torch.inference_mode()
     def weight_maps(a: np.ndarray, b: np.ndarray) -> list[tuple[str, np.ndarray]]:
-        ya, _ = split_luma(a)
-        yb, _ = split_luma(b)
-        ta = torch.from_numpy(np.ascontiguousarray(ya))[None, None].to(device)
-        tb = torch.from_numpy(np.ascontiguousarray(yb))[None, None].to(device)
-        w = net(ta, tb)[0].float().cpu().numpy()
-        # Channels are [w_a, w_b(, v_a, v_b)]; the B maps are 1 minus the A maps.
-        return [(label, w[2 * i]) for i, label in enumerate(labels)]
+        return [(described[k], m) for k, m in loss_weight_maps(net, a, b).items()]
 
     return weight_maps
 
@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     if args.columns < 1:
         raise TDFusionError(f"--columns {args.columns}: must be at least 1")
     out = check_destination(args.out)
-    jobs = plan_jobs(args.a, args.b, method_inputs(args.fused, args.names))
+    jobs = plan_jobs(args.a, args.b, method_inputs(args.fused, args.names),
+                     missing=[] if args.allow_missing else None)
     if args.crop is not None:
         x, y, _, _ = args.crop
         h, w = read_image(jobs[0].a).size
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 yield entry
                 advance()
         write_report(out, entries(), summary=results, title=args.title, notes=notes,
-                     height=args.height, columns=args.columns, crop=args.crop)
+                     height=args.height, columns=args.columns, crop=args.crop,
+                     provenance=provenance(_checkpoint_file(args.checkpoint)))
     print(f"wrote {out / 'index.html'}")
     return 0

@@ -44,6 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", metavar="DEV", help="cuda, cuda:1, cpu (train.device; default: cuda when available)")
     p.add_argument("--epochs", type=int, metavar="N", help="number of epochs (train.epochs)")
     p.add_argument("--task-weights", metavar="PATH", help="local weights for the task network (task.weights)")
+    p.add_argument("--preset", metavar="NAME",
+                   help="lay a preset over the recipe: official = the released TDFusion code's choices "
+                        "(configs/presets/, docs/fidelity.md)")
+    p.add_argument("--trust-weights", action="store_true", default=None,
+                   help="let --task-weights be a pickled ultralytics checkpoint: unpickling can run any code "
+                        "the file carries, so only for files you trust (task.trust_weights)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic kernels: bit-identical CPU runs for a seed (train.deterministic)")
     p.add_argument("--resume", nargs="?", const="", metavar="PATH",
@@ -70,14 +76,20 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, Path | None]:
         cfg = extra.get("config") if isinstance(extra, dict) else None
         if not isinstance(cfg, dict) or not cfg:
             raise TDFusionError(f"{resume_ckpt}: holds no run config; pass --config")
+        cfg = with_new_keys(cfg, schema)
     elif args.dataset:
         recipe = find_recipe(args.dataset, args.task)
         cfg = load_config(recipe) if recipe else _plain(schema, args.dataset)
     else:
         cfg = load_config(None)
+    preset = getattr(args, "preset", None)
+    if preset:
+        if resume_ckpt is not None and not args.config:
+            raise TDFusionError("--preset applies to a new run; a resumed run keeps its own config")
+        cfg = apply_preset(cfg, preset, schema)
     for flag, key in (("task", "task.name"), ("data_root", "dataset.root"), ("out", "run.out"),
                       ("device", "train.device"), ("epochs", "train.epochs"), ("task_weights", "task.weights"),
-                      ("deterministic", "train.deterministic")):
+                      ("trust_weights", "task.trust_weights"), ("deterministic", "train.deterministic")):
         value = getattr(args, flag, None)  # callers such as eval build a Namespace without every flag
         if value is not None:
             set_key(cfg, key, value)
@@ -86,6 +98,35 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, Path | None]:
     cfg = apply_overrides(cfg, args.overrides, schema)
     validate(cfg, schema)
     return cfg, resume_ckpt
+
+
+def with_new_keys(saved: dict, schema: dict) -> dict:
+    """A run config saved by an earlier version, with the keys added since at their defaults
+    (their defaults keep the earlier behaviour)."""
+    from ..config import merge
+
+    return merge(schema, saved)
+
+
+def preset_names() -> list[str]:
+    from ..config import CONFIG_DIR
+
+    return sorted(p.stem for p in (CONFIG_DIR / "presets").glob("*.yaml"))
+
+
+def apply_preset(cfg: dict, name: str, schema: dict) -> dict:
+    """``cfg`` with ``configs/presets/<name>.yaml`` merged over it (the preset wins)."""
+    from ..config import CONFIG_DIR, merge
+
+    path = CONFIG_DIR / "presets" / f"{name}.yaml"
+    if not path.is_file():
+        raise TDFusionError(f"unknown preset {name!r}; available: {', '.join(preset_names()) or 'none'}")
+    overlay = load_config(path)
+    try:
+        validate(overlay, schema)
+    except TDFusionError as exc:
+        raise TDFusionError(f"{path}: {exc}") from None
+    return merge(cfg, overlay)
 
 
 def _plain(schema: dict, dataset: str) -> dict:

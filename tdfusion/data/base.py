@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ..colour import split_luma
 from ..errors import TDFusionError
-from ..io import match_pairs, read_image
+from ..io import Image, match_pairs, read_image
 
 __all__ = ["PairDataset", "PairFolderDataset", "PairListDataset", "Sample", "luminance"]
 
@@ -61,6 +61,11 @@ class PairDataset(Dataset):
     def load(self, index: int) -> Sample:
         raise NotImplementedError
 
+    def source_images(self, index: int) -> tuple[Image, Image]:
+        """The two decoded sources of pair ``index`` as ``tdfusion fuse`` reads them
+        (colour kept), for producing fused images exactly as the CLI would."""
+        raise TDFusionError(f"{type(self).__name__}: cannot give the source images of its pairs")
+
     def __getitem__(self, index: int) -> Sample:
         if not self.cache:
             return self.load(index)
@@ -82,6 +87,10 @@ class PairListDataset(PairDataset):
     @property
     def stems(self) -> list[str]:
         return [s for s, _, _ in self.pairs]
+
+    def source_images(self, index: int) -> tuple[Image, Image]:
+        _, pa, pb = self.pairs[index]
+        return read_image(pa), read_image(pb)
 
     def load_target(self, index: int, a: np.ndarray) -> dict[str, np.ndarray]:
         """Targets of pair ``index``; ``a`` is its decoded first source (for size checks)."""

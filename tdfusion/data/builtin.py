@@ -7,6 +7,7 @@ import numpy as np
 
 from ..colour import split_luma
 from ..errors import TDFusionError
+from ..io import Image
 from ..synthetic import DET_CLASSES, SEG_CLASSES, make_pair
 from .base import PairDataset, PairFolderDataset, Sample
 from .registry import register_dataset
@@ -40,6 +41,10 @@ class SyntheticDataset(PairDataset):
     def __len__(self) -> int:
         return self.length
 
+    def source_images(self, index: int) -> tuple[Image, Image]:
+        p = make_pair(self.stream, index, self.size, self.night_prob)
+        return Image(p.ir, 8), Image(p.vis, 8)
+
     def load(self, index: int) -> Sample:
         p = make_pair(self.stream, index, self.size, self.night_prob)
         target: dict[str, np.ndarray] = {}
@@ -53,13 +58,16 @@ class SyntheticDataset(PairDataset):
         return Sample(p.ir, split_luma(p.vis)[0], f"{index:05d}{'N' if p.night else 'D'}", target)
 
 
-@register_dataset("synthetic")
+@register_dataset("synthetic", serves="seg, det, recon (option target: mask, boxes, none)")
 def _synthetic(root, split, **options) -> PairDataset:
     """Built-in synthetic road scenes generated on the fly (no files); options: length, size, seed, target."""
     return SyntheticDataset(split, **options)
 
 
-@register_dataset("pairs")
+_synthetic.options_of = SyntheticDataset.__init__
+
+
+@register_dataset("pairs", serves="recon (fusion pairs, no labels)")
 def _pairs(root, split, dir_a: str = "ir", dir_b: str = "vi", cache: bool = False) -> PairDataset:
     """Fusion-only pairs: ``<root>/<split>/<dir_a>`` and ``<root>/<split>/<dir_b>``.
 

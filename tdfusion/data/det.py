@@ -328,7 +328,7 @@ def _yolo_pairs(base: Path, dir_a: str, dir_b: str, labels: str, classes: Sequen
     return pairs, boxes
 
 
-@register_dataset("yolo")
+@register_dataset("yolo", serves="det")
 def build_yolo(root, split, dir_a: str = "ir", dir_b: str = "vi", labels: str = "labels",
                names: Sequence[str] | None = None, split_list: str | None = None,
                tolerance: float = DEFAULT_TOLERANCE, missing_labels: str = "error",
@@ -353,7 +353,7 @@ def build_yolo(root, split, dir_a: str = "ir", dir_b: str = "vi", labels: str = 
     return DetectionPairDataset(pairs, boxes, classes, tuple(task_size) if task_size else None, cache)
 
 
-@register_dataset("msrs_det")
+@register_dataset("msrs_det", serves="det")
 def build_msrs_det(root, split, labels: str = "labels", tolerance: float = DEFAULT_TOLERANCE,
                    cache: bool = False) -> DetectionPairDataset:
     """MSRS infrared/visible pairs with the public detection labels, YOLO layout.
@@ -395,7 +395,7 @@ def _voc_dataset(name: str, stems: Sequence[str], list_file: Path | str, dir_a: 
     return DetectionPairDataset(pairs, boxes, classes, task_size, cache)
 
 
-@register_dataset("m3fd")
+@register_dataset("m3fd", serves="det")
 def build_m3fd(root, split, split_list: str | None = None, tolerance: float = DEFAULT_TOLERANCE,
                drop_difficult: bool = False, cache: bool = False) -> DetectionPairDataset:
     """M3FD detection set as published: ``Ir/``, ``Vis/``, ``Annotation/*.xml``.
@@ -420,7 +420,7 @@ def build_m3fd(root, split, split_list: str | None = None, tolerance: float = DE
                         M3FD_CLASSES, tolerance, drop_difficult, (192, 256), cache)
 
 
-@register_dataset("llvip")
+@register_dataset("llvip", serves="det")
 def build_llvip(root, split, every: int = 10, split_list: str | None = None,
                 tolerance: float = DEFAULT_TOLERANCE, cache: bool = False) -> DetectionPairDataset:
     """LLVIP as published: ``infrared/<split>``, ``visible/<split>``, ``Annotations/*.xml``.

@@ -193,7 +193,7 @@ def _layout_dataset(name: str, dirs: dict[str, tuple[str, ...]], classes: Sequen
     return SegPairDataset(paths["a"], paths["b"], paths["label"], classes, ignore_index, check_sizes, cache, name)
 
 
-@register_dataset("msrs")
+@register_dataset("msrs", serves="seg")
 def _msrs(root, split, a_dir: str | None = None, b_dir: str | None = None, label_dir: str | None = None,
           ignore_index: int | None = 255, check_sizes: bool = True, cache: bool = False) -> SegPairDataset:
     """MSRS: ``<root>/<split>/{ir, vi, Segmentation_labels | Label | label}``; source a = infrared."""
@@ -201,7 +201,7 @@ def _msrs(root, split, a_dir: str | None = None, b_dir: str | None = None, label
                            ignore_index, check_sizes, cache)
 
 
-@register_dataset("fmb")
+@register_dataset("fmb", serves="seg")
 def _fmb(root, split, a_dir: str | None = None, b_dir: str | None = None, label_dir: str | None = None,
          ignore_index: int | None = 255, check_sizes: bool = True, cache: bool = False) -> SegPairDataset:
     """FMB: ``<root>/<split>/{Infrared, Visible, Label}``; source a = infrared."""
@@ -236,7 +236,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-@register_dataset("seg_folder")
+@register_dataset("seg_folder", serves="seg")
 def _seg_folder(root, split, classes: Sequence[str] | dict | None = None, descriptor: str | None = None,
                 a_dir: str | None = None, b_dir: str | None = None, label_dir: str | None = None,
                 ignore_index: int | None = None, check_sizes: bool = True, cache: bool = False) -> SegPairDataset:

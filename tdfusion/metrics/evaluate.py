@@ -8,6 +8,7 @@ short name (the column name in tables, JSON and CSV) to its function.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Callable, Iterable, Mapping
 
 import cv2
@@ -76,12 +77,17 @@ def load_luminance(path: str | os.PathLike) -> np.ndarray:
 
 
 def evaluate(fused: np.ndarray, a: np.ndarray, b: np.ndarray, *, vif_reduction: str = "mean",
-             metrics: Iterable[str] = METRIC_NAMES) -> dict[str, float]:
+             metrics: Iterable[str] = METRIC_NAMES, data_range: float = 255.0) -> dict[str, float]:
     """Compute fusion metrics for one image triple.
 
     Args:
-        fused, a, b: ``(H, W)`` luminance on [0, 255] (see :func:`luminance_255` for the
-            reference convention), all the same size.
+        fused, a, b: ``(H, W)`` luminance on [0, ``data_range``] (see :func:`luminance_255`
+            for the reference convention), all the same size.
+        data_range: the value of white in the inputs (default 255); other ranges are
+            rescaled to [0, 255], the scale every metric is defined on. Images entirely
+            within [0, 1] with the default give a warning: they are almost surely [0, 1]
+            images scored as nearly black ones (:func:`tdfusion.fusion_metrics` takes any
+            dtype and range).
         vif_reduction: ``"mean"`` (default) or ``"sum"`` of the two sources' VIF.
         metrics: names from :data:`METRIC_NAMES`, in the order wanted.
     Returns:
@@ -91,6 +97,11 @@ def evaluate(fused: np.ndarray, a: np.ndarray, b: np.ndarray, *, vif_reduction: 
     if len(shapes) != 1:
         raise ValueError(f"fused and source images differ in size: {sorted(shapes)}")
     f, a, b = (np.asarray(x, dtype=np.float64) for x in (fused, a, b))
+    if data_range != 255.0:
+        f, a, b = (x * (255.0 / data_range) for x in (f, a, b))
+    elif 0.0 < max(f.max(), a.max(), b.max()) <= 1.0:
+        warnings.warn("fusion metrics: every value is within [0, 1] but data_range is 255; pass data_range=1.0 "
+                      "for [0, 1] images (or use tdfusion.fusion_metrics)", UserWarning, stacklevel=2)
     out: dict[str, float] = {}
     for name in metrics:
         if name not in METRICS:

@@ -54,13 +54,17 @@ def _size_text(size: tuple[int, int]) -> str:
 
 
 def plan_jobs(a: str | os.PathLike, b: str | os.PathLike, methods: Sequence[MethodInput],
-              check_sizes: bool = True) -> list[Job]:
+              check_sizes: bool = True, missing: list[tuple[str, str]] | None = None) -> list[Job]:
     """Pair sources by stem with every method's fused images and validate the lot.
 
     ``a``/``b`` are two folders (images matched by stem) or two files; in the latter
     case every method's path must be a file too. Raises :class:`TDFusionError` naming the
     offending file for: a missing partner on either side, a fused image without sources,
     an unreadable image, a size mismatch, or two methods with the same name.
+
+    ``missing``: a list to collect ``(method, stem)`` of the fused images a method lacks
+    instead of failing (``tdfusion metrics --allow-missing``); each method is then scored
+    on the images it has.
     """
     if not methods:
         raise TDFusionError("no fused folder given")
@@ -101,7 +105,11 @@ def plan_jobs(a: str | os.PathLike, b: str | os.PathLike, methods: Sequence[Meth
                     raise TDFusionError(f"{p}: no source pair named {stem}.* in {a} and {b}")
         for stem, pa, pb in pairs:
             if stem not in fused:
-                raise TDFusionError(f"{path}: no fused image for {stem} (source {pa})")
+                if missing is None:
+                    raise TDFusionError(f"{path}: no fused image for {stem} (source {pa}); "
+                                        f"--allow-missing scores the images present")
+                missing.append((m.name, stem))
+                continue
             pf = fused[stem]
             if check_sizes and size_of(pf) != size_of(pa):
                 raise TDFusionError(f"{pf}: size {_size_text(size_of(pf))} differs from its source "

@@ -1,0 +1,315 @@
+"""``tdfusion compare``: one task network retrained per image source, over several seeds.
+
+Every source goes through the same path (the fairness the protocol rests on):
+
+1. It is written as a *source folder* (:mod:`tdfusion.downstream`): grey 8-bit
+   luminance at native resolution plus the dataset's targets. The two inputs are written
+   from the dataset; a checkpoint's images are produced exactly as ``tdfusion fuse``
+   produces them (native resolution, min-max stretch, fused chroma, the file it would
+   write), then read back like any ``--fused`` folder of another method.
+2. For each seed, a fresh task network is trained on the folder's training split with
+   the ``downstream:`` regime and scored on its test split.
+3. Per source: the mean and standard deviation of each metric over the seeds, and
+   which differences to the best source exceed the spread.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import yaml
+
+from .colour import split_luma
+from .data.base import PairDataset
+from .errors import TDFusionError
+from .io import atomic_write, list_images, read_image, write_image
+from .results import jsonable
+
+__all__ = ["ImageSource", "HEADLINE_METRICS", "compare", "materialize", "prepare_sources", "run_seeds",
+           "separated", "summarize"]
+
+#: The metrics summarised per source (the first one names the best source).
+HEADLINE_METRICS = {"mask": ("mIoU", "mAcc", "pixel_acc"), "boxes": ("mAP50", "mAP75", "mAP50_95")}
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A source to compare: ``kind`` is ``"input"`` (``where`` = ``"a"``/``"b"``),
+    ``"checkpoint"`` (``where`` = a tdfusion or published checkpoint) or ``"folder"``
+    (``where`` = fused images of any method, ``<dir>/<split>/<stem>.*`` or ``<dir>/<stem>.*``)."""
+
+    name: str
+    kind: str
+    where: str
+
+
+# -- 1. source folders -------------------------------------------------------------------------------------------
+def _grey8(y: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
+
+
+def _folder_lookup(folder: Path, split: str):
+    index = {key: (list_images(folder / key) if key and (folder / key).is_dir() else {}) for key in (split,)}
+    index[""] = list_images(folder)
+
+    def find(stem: str) -> Path:
+        for key in (split, ""):
+            if stem in index[key]:
+                return index[key][stem]
+        raise TDFusionError(f"{folder}: no fused image for {stem!r} (looked in {folder / split} and {folder})")
+
+    return find
+
+
+def _fuse_like_the_cli(net, dataset: PairDataset, index: int, out: Path) -> Path:
+    """Write what ``tdfusion fuse`` writes for pair ``index`` (same function, same options)."""
+    from .inference import fuse_images, to_integer
+
+    a, b = dataset.source_images(index)
+    if b.size != a.size:
+        raise TDFusionError(f"pair {index}: source sizes differ ({a.size} vs {b.size})")
+    _, fused = fuse_images(net, a, b, normalize="minmax")
+    write_image(out, to_integer(fused, max(a.bit_depth, b.bit_depth)), durable=False)
+    return out
+
+
+def _write_targets(sample, split_dir: Path) -> None:
+    from .data.det import format_yolo_labels
+
+    if "mask" in sample.target:
+        mask = np.asarray(sample.target["mask"])
+        write_image(split_dir / "masks" / f"{sample.stem}.png",
+                    mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16), durable=False)
+    if "boxes" in sample.target:
+        (split_dir / "labels" / f"{sample.stem}.txt").write_text(
+            format_yolo_labels(np.asarray(sample.target["boxes"], np.float32).reshape(-1, 5)))
+
+
+def materialize(source: ImageSource, splits: dict[str, PairDataset], folder: Path, device="cpu") -> Path:
+    """Write ``source`` as a source folder (module doc) for each split; returns ``folder``."""
+    import torch
+
+    net = None
+    if source.kind == "checkpoint":
+        from .checkpoint import load_fusion_net
+
+        net, _ = load_fusion_net(source.where, device)
+    any_set = next(iter(splits.values()))
+    meta = {"kind": any_set.target_kind, "classes": list(getattr(any_set, "classes", []) or []),
+            "ignore_index": getattr(any_set, "ignore_index", None), "source": asdict(source)}
+    for split, dataset in splits.items():
+        out = folder / split
+        for sub in ("images", "masks" if meta["kind"] == "mask" else "labels"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        find = _folder_lookup(Path(source.where), split) if source.kind == "folder" else None
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            if source.kind == "input":
+                y = sample.a if source.where == "a" else sample.b
+            elif source.kind == "folder":
+                y = split_luma(read_image(find(sample.stem)).pixels)[0]
+            else:
+                with torch.inference_mode():
+                    fused = _fuse_like_the_cli(net, dataset, i, _fuse_path(out, sample.stem))
+                y = split_luma(read_image(fused).pixels)[0]
+            if y.shape != sample.a.shape:  # another method may have written another size
+                import cv2
+
+                h, w = sample.a.shape
+                y = cv2.resize(y, (w, h), interpolation=cv2.INTER_AREA if y.size > h * w else cv2.INTER_LINEAR)
+            write_image(out / "images" / f"{sample.stem}.png", _grey8(y), durable=False)
+            _write_targets(sample, out)
+    with atomic_write(folder / "classes.yaml", "w") as fh:
+        yaml.safe_dump(meta, fh, sort_keys=False)
+    return folder
+
+
+def _fuse_path(split_dir: Path, stem: str) -> Path:
+    path = split_dir / "fuse_output" / f"{stem}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def prepare_sources(sources: Sequence[ImageSource], train_set: PairDataset, test_set: PairDataset,
+                    work_dir: str | os.PathLike, device="cpu", log=print) -> dict[str, Path]:
+    """Source folders of every source under ``work_dir/<name>``; ``{name: folder}``."""
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise TDFusionError(f"source names must be distinct: {' '.join(names)}")
+    folders = {}
+    for s in sources:
+        start = time.perf_counter()
+        folders[s.name] = materialize(s, {"train": train_set, "test": test_set}, Path(work_dir) / _safe(s.name),
+                                      device)
+        log(f"prepared source {s.name} ({len(train_set)} train + {len(test_set)} test images, "
+            f"{time.perf_counter() - start:.1f} s)")
+    return folders
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# -- 2. training per seed ----------------------------------------------------------------------------------------
+def _job(spec: dict[str, Any]) -> dict[str, Any]:
+    """One (source, seed) run; a top-level function so that worker processes can run it."""
+    import torch
+
+    from .downstream import (DownstreamSettings, SourceFolderDataset, balanced_class_weights, evaluate_downstream,
+                             train_downstream)
+    from .train import build_task
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    if spec.get("parent"):
+        _exit_with_parent(spec["parent"])
+    settings = DownstreamSettings(**spec["settings"])
+    train = SourceFolderDataset(spec["folder"], "train")
+    test = SourceFolderDataset(spec["folder"], "test")
+    task_cfg = dict(spec["task"])
+    if train.target_kind == "mask" and settings.class_weights is not None:
+        task_cfg["class_weights"] = (balanced_class_weights(train) if settings.class_weights == "balanced"
+                                     else list(settings.class_weights))
+    task = build_task(task_cfg, train)
+    start = time.perf_counter()
+    net = train_downstream(task, train, settings, seed=spec["seed"], device=spec["device"],
+                           show_progress=spec["progress"], label=f"{spec['name']} (seed {spec['seed']})")
+    metrics = evaluate_downstream(task, net, test, settings, spec["device"], spec.get("limit"))
+    return {"seed": spec["seed"], **jsonable(metrics), "train_seconds": round(time.perf_counter() - start, 1)}
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker process: exit when the process that started it is gone (killed), rather
+    than train on as an orphan."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def run_seeds(task_cfg: dict, settings, folders: dict[str, Path], seeds: Sequence[int], *, device: str,
+              jobs: int = 1, limit: int | None = None, log=print) -> dict[str, list[dict[str, Any]]]:
+    """Train and score every source with every seed; ``{name: [run metrics, ...]}``.
+
+    ``jobs > 1`` runs that many trainings at once in worker processes, each with an equal
+    share of the CPU threads (on a small CPU, two one-thread trainings finish sooner than
+    two two-thread trainings one after the other).
+    """
+    import torch
+
+    cfg = dict(task_cfg)
+    if settings.variant:
+        cfg["variant"] = settings.variant
+    if settings.weights:
+        cfg["weights"] = settings.weights
+    threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
+    specs = [{"name": name, "folder": str(folder), "seed": int(seed), "task": cfg, "settings": asdict(settings),
+              "device": str(device), "limit": limit, "threads": threads, "progress": jobs == 1,
+              "parent": os.getpid() if jobs > 1 else None}
+             for name, folder in folders.items() for seed in seeds]
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in folders}
+
+    def record(spec, out):
+        results[spec["name"]].append(out)
+        headline = ", ".join(f"{k} {v:.4f}" for k, v in out.items() if isinstance(v, float) and k != "train_seconds")
+        log(f"{spec['name']} seed {spec['seed']}: {headline} ({out['train_seconds']} s)")
+
+    if jobs <= 1:
+        for spec in specs:
+            record(spec, _job(spec))
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for spec, out in zip(specs, pool.map(_job, specs)):
+                record(spec, out)
+    for runs in results.values():
+        runs.sort(key=lambda r: r["seed"])
+    return results
+
+
+# -- 3. summary --------------------------------------------------------------------------------------------------
+def summarize(runs: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
+    """``{"mean", "std", "runs", "per_class_mean"}`` of one source's runs (std: sample
+    standard deviation, 0 for a single run)."""
+    out: dict[str, Any] = {"mean": {}, "std": {}, "runs": list(runs)}
+    for m in metrics:
+        values = [r[m] for r in runs if isinstance(r.get(m), (int, float))]
+        if values:
+            out["mean"][m] = float(np.mean(values))
+            out["std"][m] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    per_class: dict[str, dict[str, float | None]] = {}
+    for r in runs:
+        for cls, vals in (r.get("per_class") or {}).items():
+            for k, v in (vals or {}).items():
+                per_class.setdefault(cls, {}).setdefault(k, [])  # type: ignore[arg-type]
+                if isinstance(v, (int, float)):
+                    per_class[cls][k].append(v)  # type: ignore[union-attr]
+    out["per_class_mean"] = {cls: {k: (float(np.mean(v)) if v else None) for k, v in vals.items()}  # type: ignore[arg-type]
+                             for cls, vals in per_class.items()}
+    return out
+
+
+def separated(a_mean: float, a_std: float, b_mean: float, b_std: float) -> bool:
+    """Whether two mean ± std intervals do not overlap: the difference exceeds the spread."""
+    return abs(a_mean - b_mean) > a_std + b_std
+
+
+def mark_spread(summary: dict[str, dict[str, Any]], metrics: Sequence[str]) -> None:
+    """Add ``"vs_best"`` to each source: per metric ``"best"``, ``"within spread"`` or
+    ``"below best"`` (the intervals do not overlap). With a single run per source there
+    is no spread to compare with: only ``"best"`` and ``"no spread (one seed)"``."""
+    for m in metrics:
+        ranked = [(s["mean"][m], name) for name, s in summary.items() if m in s["mean"]]
+        if not ranked:
+            continue
+        best = max(ranked)[1]
+        b = summary[best]
+        for name, s in summary.items():
+            if m not in s["mean"]:
+                continue
+            if name == best:
+                mark = "best"
+            elif len(s["runs"]) < 2 or len(b["runs"]) < 2:
+                mark = "no spread (one seed)"
+            else:
+                mark = ("below best" if separated(s["mean"][m], s["std"][m], b["mean"][m], b["std"][m])
+                        else "within spread")
+            s.setdefault("vs_best", {})[m] = mark
+
+
+def compare(task_cfg: dict, settings, sources: Sequence[ImageSource], train_set: PairDataset, test_set: PairDataset,
+            *, seeds: Sequence[int], device: str, work_dir: str | os.PathLike | None = None, jobs: int = 1,
+            limit: int | None = None, log=print) -> dict[str, Any]:
+    """The whole protocol; returns the JSON payload (``docs`` and README: its shape)."""
+    if not sources:
+        raise TDFusionError("nothing to compare: give --checkpoint, --fused or keep the baselines")
+    if not len(train_set) or not len(test_set):
+        raise TDFusionError("compare needs non-empty train and test splits")
+    metrics = HEADLINE_METRICS.get(train_set.target_kind)
+    if metrics is None:
+        raise TDFusionError(f"compare needs a dataset with masks or boxes, not {train_set.target_kind!r} targets")
+    with tempfile.TemporaryDirectory(prefix="tdfusion-compare-") as tmp:
+        folders = prepare_sources(sources, train_set, test_set, work_dir or tmp, device, log)
+        runs = run_seeds(task_cfg, settings, folders, seeds, device=device, jobs=jobs, limit=limit, log=log)
+    summary = {name: summarize(r, metrics) for name, r in runs.items()}
+    mark_spread(summary, metrics)
+    first = next(iter(summary))
+    return {**summary[first]["mean"], "source": first, "protocol": "retrain-per-source", "seeds": list(seeds),
+            "metrics": list(metrics), "downstream": jsonable(asdict(settings)), "sources": summary}
+
+
+def write_payload(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    with atomic_write(path, "w") as fh:
+        json.dump(payload, fh, indent=2)
