@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="run folders (default runs/efficacy_<mode>)")
     p.add_argument("--jobs", type=int, default=2, help="trainings at once, one thread each (default 2)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--msrs-only", action="store_true",
+                   help="run only the detection comparison on the real MSRS pairs (--msrs)")
     p.add_argument("--references", action="store_true",
                    help="add the blend (IR + VIS) / 2 and the mask-based oracle fusion as sources (on in full mode)")
     p.add_argument("--msrs", default=str(REPO.parent / "shared" / "data" / "msrs_det"),
@@ -226,8 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     work = Path(args.work or f"runs/efficacy_{args.mode}")
     out.mkdir(parents=True, exist_ok=True)
-    run = Runner(out / f"efficacy_{args.mode}_commands.txt", threads=1 if args.jobs > 1 else os.cpu_count() or 1)
+    log_name = f"efficacy_{'msrs' if args.msrs_only else args.mode}_commands.txt"
+    run = Runner(out / log_name, threads=1 if args.jobs > 1 else os.cpu_count() or 1)
     start = time.perf_counter()
+    if args.msrs_only:
+        if not Path(args.msrs).is_dir():
+            raise SystemExit(f"{args.msrs}: no such folder (the MSRS detection pairs, see datasets/detection.md)")
+        msrs_efficacy(run, mode, Path(args.msrs), work, out, args.jobs, args.device)
+        print(f"MSRS detection efficacy done in {(time.perf_counter() - start) / 60:.1f} min; results in {out}/")
+        return 0
     methods = ["fixed", "recon", *args.tasks]
     ckpts = train_fusion(run, mode, work, methods, args.jobs, args.device)
     references = reference_folders(mode, work) if (mode.get("references") or args.references) else None

@@ -31,3 +31,29 @@ def test_efficacy_smoke_writes_both_tables_and_charts(tmp_path):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
     commands = (out / "efficacy_smoke_commands.txt").read_text().splitlines()
     assert len(commands) == 6 and all(c.startswith("tdfusion ") for c in commands)  # 4 trainings, 2 compares
+
+
+def test_meta_credit_probe_reports_every_class_in_both_settings(tmp_path):
+    import torch
+
+    from tdfusion.checkpoint import module_record, save_checkpoint
+    from tdfusion.nets import create_model
+
+    spec = importlib.util.spec_from_file_location("meta_credit", REPO / "scripts" / "meta_credit.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "f.pt"
+    save_checkpoint({"fusion": module_record("fusion", create_model("fusion", dim=8, num_blocks=1))}, ckpt)
+    out = tmp_path / "credit.json"
+    dtype = torch.get_default_dtype()
+    try:
+        assert probe.main([str(ckpt), "--size", "64", "80", "--pairs", "2", "--json", str(out)]) == 0
+    finally:
+        torch.set_default_dtype(dtype)
+    table = json.loads(out.read_text())
+    assert set(table) == {"same image", "other image"}
+    for row in table.values():
+        assert {"background", "road"} <= set(row)
+        for r in row.values():
+            assert r["of"] >= 1 and 0 <= r["rewards_ir"] <= r["of"] and r["mean_per_pixel"] != 0.0
