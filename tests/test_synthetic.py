@@ -152,7 +152,9 @@ def test_some_people_are_camouflaged_in_the_visible_image(scenes):
             vis_contrast = abs(np.median(_luma(p.vis)[one]) - np.median(_luma(p.vis)[ring]))
             ir_contrast = np.median(p.ir[one]) - np.median(p.ir[ring])
             camouflaged += vis_contrast < 0.06 and ir_contrast > 0.1
-    assert day_people >= 10 and camouflaged >= day_people // 5
+    # about half by design; clothes of a random colour match the road by chance in about a
+    # fifth of the rest (measured: 30 of 52 with camouflage, 12 of 52 without)
+    assert day_people >= 10 and camouflaged >= 0.4 * day_people
 
 
 def test_night_visible_is_darker_than_day(scenes):
