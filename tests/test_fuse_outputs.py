@@ -84,9 +84,10 @@ def test_one_pair_shows_progress_off_a_terminal(ckpt, tmp_path, capsys):
     assert any(line.startswith("fusing: 1/1 (100%) elapsed ") for line in lines)
 
 
-@pytest.mark.parametrize("command", ["fuse", "data", "convert", "train", "metrics", "report"])
+@pytest.mark.parametrize("command", ["fuse", "data", "convert", "train", "metrics", "report", "bench", "compare",
+                                     "eval", "export"])
 def test_help_does_not_import_torch(command):
-    """--help prints text: it must not pay seconds for torch (fuse, data and convert did),
+    """--help prints text: it must not pay seconds for torch (fuse, data, convert and bench did),
     nor, where the parser needs none of it, for OpenCV."""
     code = ("import sys\nfrom tdfusion.cli import build_parser\n"
             f"try:\n    build_parser([{command!r}, '--help']).parse_args([{command!r}, '--help'])\n"

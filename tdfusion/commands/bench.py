@@ -5,9 +5,6 @@ import argparse
 import json
 import sys
 
-import torch
-
-from ..device import cpu_cores, resolve_device, set_threads
 from ..errors import TDFusionError
 from ..io import atomic_write
 from . import PRECISIONS, SUMMARY
@@ -122,7 +119,10 @@ def _fmt(v, digits=3) -> str:
 
 def _measure(item: dict, args: argparse.Namespace, device, say) -> list[dict]:
     """One figure: inference at one size along one path, or one task's meta method."""
+    import torch
+
     from .. import bench
+    from ..device import set_threads
 
     before = torch.get_num_threads()
     set_threads(item.get("threads"))
@@ -143,6 +143,8 @@ def _measure(item: dict, args: argparse.Namespace, device, say) -> list[dict]:
 
 
 def _network(args: argparse.Namespace, device):
+    import torch
+
     from ..nets import FusionNet
 
     if args.checkpoint:
@@ -182,6 +184,8 @@ _SHORT_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 def _thread_counts(args: argparse.Namespace) -> list[int]:
     """``--threads N`` -> [N]; else ``--thread-counts`` ('all' = the cores), in order, without repeats."""
+    from ..device import cpu_cores
+
     if args.threads is not None:
         return [args.threads]
     counts: list[int] = []
@@ -244,11 +248,14 @@ def _print_profile(console, row: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch (and the device helpers that import it) only when the command runs, so that
+    # --help stays as quick as the other commands'
     from rich.console import Console
     from rich.table import Table
 
     from .. import bench
     from ..chunked import parse_memory
+    from ..device import resolve_device
 
     if args.repeats < 1 or args.warmup < 0 or args.profile < 0:
         raise TDFusionError("--repeats must be >= 1, --warmup and --profile >= 0")
