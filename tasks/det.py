@@ -401,7 +401,10 @@ class DetectionTask(TaskHead):
         """``(3,)`` gain-weighted (box, cls, dfl) losses, per image (not x batch size)."""
         x = self.adapt_input(fused)
         preds = functional_call(net, self._call_params(net, params), (x,))
-        targets = yolo_targets(batch["boxes"].to(x.device, x.dtype), fused.shape[-2:], x.shape[-2:])
+        # At least float32 under a half-precision autocast: the loss writes them into float32
+        # buffers, and bfloat16 would move a 640-pixel coordinate by up to 2 pixels.
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        targets = yolo_targets(batch["boxes"].to(x.device, dtype), fused.shape[-2:], x.shape[-2:])
         scaled, _ = self.criterion(net)(preds, targets)
         return scaled / x.shape[0]
 

@@ -42,6 +42,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from .device import exact_float32
 from .errors import TDFusionError
 from .nets.blocks import RestormerBlock, mixing_from_stats, pointwise
 from .nets.fusion import AdaptiveFusion, FusionNet
@@ -245,6 +246,8 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
     norm reduction (measured), although it also computes unused cross-head entries.
     """
     m = x.reshape(-1, x.shape[-1])
+    if m.dtype == torch.float16:  # a band's sums leave float16's range (see blocks.pixel_products)
+        m = m.float()
     return (m.t() @ m).double()
 
 
@@ -415,6 +418,12 @@ def fuse_banded(net: FusionNet, a: torch.Tensor, b: torch.Tensor, band_rows: int
     Returns:
         ``(H, W)`` fused luminance in (0, 1), on the network's device and dtype.
     """
+    with exact_float32():
+        return _fuse_banded(net, a, b, band_rows, max_memory)
+
+
+def _fuse_banded(net: FusionNet, a: torch.Tensor, b: torch.Tensor, band_rows: int | None,
+                 max_memory: int | str | None) -> torch.Tensor:
     if not isinstance(net, FusionNet):
         raise TypeError(f"banded inference runs FusionNet, not {type(net).__name__}")
     param = net.embed_a.weight

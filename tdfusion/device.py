@@ -1,6 +1,7 @@
 """Device and CPU-thread selection shared by every command (``--device``, ``--threads``)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -9,7 +10,7 @@ import torch
 
 from .errors import TDFusionError
 
-__all__ = ["cpu_cores", "in_flight", "resolve_device", "set_threads"]
+__all__ = ["cpu_cores", "exact_float32", "in_flight", "resolve_device", "set_threads"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -29,6 +30,26 @@ def resolve_device(name: str | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TDFusionError(f"--device {name!r}: CUDA is not available on this machine (use --device cpu)")
     return device
+
+
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """Float32 convolutions and matrix products without TF32 inside the block (CUDA).
+
+    cuDNN runs float32 convolutions in TF32 (a 10-bit mantissa) on Ampere and later GPUs by
+    default (``torch.backends.cudnn.allow_tf32`` is True): on an H200 that moved the
+    published checkpoints' outputs by 3.4e-4, over the 1e-4 parity bar. Fusing is cheap
+    next to training, so inference in float32 means float32; training keeps torch's
+    defaults. The flags are process-wide, hence restored on exit.
+    """
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = conv
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def cpu_cores() -> int:

@@ -13,6 +13,7 @@ from torch import nn
 
 from .chunked import fuse_banded
 from .colour import merge_luma, pair_chroma, split_luma
+from .device import exact_float32
 from .io import Image
 from .nets.fusion import FusionNet
 
@@ -39,7 +40,8 @@ def fuse_luma(net: nn.Module, ya: np.ndarray, yb: np.ndarray, *, max_memory: int
     if isinstance(net, FusionNet) and not reference:
         out = fuse_banded(net, a, b, band_rows=chunk_rows, max_memory=max_memory)
     else:
-        out = net(a[None, None], b[None, None])[0, 0]
+        with exact_float32():
+            out = net(a[None, None], b[None, None])[0, 0]
     return out.float().cpu().numpy()
 
 

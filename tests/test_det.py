@@ -351,3 +351,17 @@ def test_weights_from_rgb_ultralytics_checkpoint(tmp_path):
             bad.write_bytes(b"not a checkpoint")
         with pytest.raises(TDFusionError, match=message):
             create_task("det", {"num_classes": 2, "weights": str(bad)}).build_network()
+
+
+def test_loss_under_bfloat16_autocast_matches_float32(task_net):
+    """The fusion phase under ``train.precision=bf16`` hands the loss a bfloat16 image; the
+    targets must stay float32 (the ultralytics loss writes them into float32 buffers; a
+    bfloat16 target failed there, seen on an H200 with ``bench --precision bfloat16``)."""
+    task, net = task_net
+    torch.manual_seed(1)
+    fused = torch.rand(2, 1, 80, 96)
+    ref = task.loss(net, all_params(net), fused, {"boxes": BOXES})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = task.loss(net, all_params(net), fused.bfloat16(), {"boxes": BOXES})
+    assert torch.isfinite(low)
+    assert float(low.detach()) == pytest.approx(float(ref.detach()), rel=0.05)

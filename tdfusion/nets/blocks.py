@@ -39,6 +39,7 @@ __all__ = [
     "from_channels_last",
     "mixing_from_stats",
     "pixel_gram",
+    "pixel_products",
     "pointwise",
     "transposed_attention",
     "ChannelLayerNorm",
@@ -88,16 +89,42 @@ def depthwise3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return conv3x3(x, weight, groups=x.shape[-1])
 
 
+def _sums_in_float16(x: torch.Tensor) -> bool:
+    """Whether a product of ``x`` would run in float16: ``x`` is float16, or float16
+    autocast is on for its device."""
+    if x.dtype == torch.float16:
+        return True
+    kind = x.device.type
+    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
+
+
+def pixel_products(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sums over all pixels of ``x_i * y_j``: ``(B, H, W, m), (B, H, W, n) -> (B, m, n)``.
+
+    Sums over a whole image leave float16's range (65504) as soon as features are of
+    order one (256x256 pixels of magnitude 1 sum to 65536): in float16 (a ``.half()``
+    network or fp16 autocast) they are taken in float32, which a float16 output would
+    turn into inf and the attention into NaN (seen on an H200, ``tdfusion bench
+    --precision float16``). bfloat16 has float32's range and keeps its speed.
+    """
+    mx = x.reshape(x.shape[0], -1, x.shape[-1])
+    my = y.reshape(y.shape[0], -1, y.shape[-1])
+    if _sums_in_float16(mx):
+        with torch.autocast(mx.device.type, enabled=False):
+            return mx.float().transpose(1, 2) @ my.float()
+    return mx.transpose(1, 2) @ my
+
+
 def pixel_gram(x: torch.Tensor) -> torch.Tensor:
     """Channel Gram matrix over all pixels of each image: ``(B, H, W, m) -> (B, m, m)``.
 
     Its diagonal holds each channel's squared L2 norm, so one batched product gives both
     ``q.k`` and the norms the attention needs. Measured forward+backward at 2x256x256:
     1.8x faster than ``q^T k`` plus ``vector_norm`` (a strided reduction), despite
-    computing ``(2C)^2`` instead of ``C^2`` entries.
+    computing ``(2C)^2`` instead of ``C^2`` entries. Float32 in float16 (see
+    :func:`pixel_products`).
     """
-    m = x.reshape(x.shape[0], -1, x.shape[-1])
-    return m.transpose(1, 2) @ m
+    return pixel_products(x, x)
 
 
 def mixing_from_stats(qk: torch.Tensor, q_sq: torch.Tensor, k_sq: torch.Tensor, temperature: torch.Tensor,
@@ -133,7 +160,7 @@ def mixing_from_stats(qk: torch.Tensor, q_sq: torch.Tensor, k_sq: torch.Tensor, 
     head_of = torch.arange(c, device=qk.device) // d
     same_head = head_of.unsqueeze(1) == head_of.unsqueeze(0)
     attn = logits.masked_fill(~same_head, float("-inf")).softmax(dim=-1)  # block diagonal
-    return proj.flatten(1) @ attn
+    return proj.flatten(1).to(attn.dtype) @ attn
 
 
 def attention_mixing(q: torch.Tensor, k: torch.Tensor, temperature: torch.Tensor,
@@ -148,7 +175,8 @@ def attention_mixing(q: torch.Tensor, k: torch.Tensor, temperature: torch.Tensor
 def apply_mixing(x: torch.Tensor, v: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     """``x + v @ mix^T`` per image: ``(B, H, W, C)``, ``(B, H, W, C)``, ``(B, C_out, C)`` -> ``(B, H, W, C_out)``."""
     b, h, w, _ = x.shape
-    out = torch.baddbmm(x.reshape(b, h * w, -1), v.reshape(b, h * w, -1), mix.transpose(1, 2))
+    # mix is float32 when the statistics were (float16, see pixel_products); values in [-|P|, |P|]
+    out = torch.baddbmm(x.reshape(b, h * w, -1), v.reshape(b, h * w, -1), mix.transpose(1, 2).to(v.dtype))
     return out.view(b, h, w, -1)
 
 

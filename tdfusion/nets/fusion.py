@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import (ConvProjection, RestormerBlock, apply_mixing, channels_last_view, embed_and_encode,
-                     from_channels_last, mixing_from_stats, pixel_gram, pointwise)
+                     from_channels_last, mixing_from_stats, pixel_gram, pixel_products, pointwise)
 from .registry import register_model
 
 __all__ = ["AdaptiveFusion", "FusionNet"]
@@ -64,9 +64,8 @@ class AdaptiveFusion(nn.Module):
         # squared norms from each branch's own Gram matrix, cross products q_b.k_a, q_a.k_b.
         sq_a = pixel_gram(qk_a).diagonal(dim1=1, dim2=2)  # |qa|^2, |ka|^2
         sq_b = pixel_gram(qk_b).diagonal(dim1=1, dim2=2)  # |qb|^2, |kb|^2
-        b = xa.shape[0]
-        cross_ba = qb.reshape(b, -1, c).transpose(1, 2) @ ka.reshape(b, -1, c)
-        cross_ab = qa.reshape(b, -1, c).transpose(1, 2) @ kb.reshape(b, -1, c)
+        cross_ba = pixel_products(qb, ka)
+        cross_ab = pixel_products(qa, kb)
         mix_a = mixing_from_stats(cross_ba, sq_b[:, :c], sq_a[:, c:], self.temperature_a, self.cross_a.weight,
                                   self.heads)
         mix_b = mixing_from_stats(cross_ab, sq_a[:, :c], sq_b[:, c:], self.temperature_b, self.cross_b.weight,
