@@ -83,7 +83,8 @@ def step_parity(opts, tmp: Path) -> dict:
         out[task] = {"max_abs_diff": diffs, "seconds": time.perf_counter() - t0}
     worst = max(v for t in out.values() for v in t["max_abs_diff"].values())
     if not worst <= PARITY_BAR:
-        raise StepFailed(f"parity: max difference {worst:.3g} > {PARITY_BAR}")
+        per_task = ", ".join(f"{t} {max(v['max_abs_diff'].values()):.3g}" for t, v in out.items())
+        raise StepFailed(f"parity: max difference {worst:.3g} > {PARITY_BAR} ({per_task})")
     return {"tasks": out, "worst": worst, "bar": PARITY_BAR}
 
 
@@ -196,6 +197,12 @@ def device_info(device: str) -> dict:
     return info
 
 
+def _write_json(out: Path, report: dict) -> None:
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    tmp_out.write_text(json.dumps(report, indent=2))
+    os.replace(tmp_out, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
@@ -229,12 +236,13 @@ def main(argv: list[str] | None = None) -> int:
             report["steps"][name] = entry
             print(f"{name}: {'ok' if entry['ok'] else 'FAILED ' + entry['error']} ({entry['seconds']} s)",
                   flush=True)
+            # after every step, so a run stopped at a time limit still leaves what it measured
+            report["seconds"] = round(time.perf_counter() - t_all, 1)
+            _write_json(Path(opts.out), report)
     report["seconds"] = round(time.perf_counter() - t_all, 1)
     report["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     out = Path(opts.out)
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    tmp_out.write_text(json.dumps(report, indent=2))
-    os.replace(tmp_out, out)
+    _write_json(out, report)
     print(f"wrote {out} ({report['seconds']} s)")
     return 0 if all(e["ok"] for e in report["steps"].values()) else 1
 
