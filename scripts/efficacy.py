@@ -95,6 +95,17 @@ class Runner:
             raise SystemExit(f"{name} failed with status {proc.returncode}")
 
 
+def train_or_resume(run: Runner, out: Path, train_args: list[str], name: str) -> Path:
+    """Train into ``out``; reuse a finished run (it has summary.json; delete the folder to
+    retrain) and resume an interrupted one from its last checkpoint."""
+    if not (out / "summary.json").exists():
+        if (out / "last.pt").exists():
+            run(["train", "--resume", str(out), "--out", str(out)], f"{name} (resumed)")
+        else:
+            run(train_args, name)
+    return out / "last.pt"
+
+
 def train_fusion(run: Runner, mode: dict, work: Path, methods: list[str], jobs: int, device: str) -> dict[str, Path]:
     data = {"dataset.options.size": mode["size"], "dataset.options.length": mode["length"],
             "data.task_size": mode["size"]}
@@ -103,12 +114,11 @@ def train_fusion(run: Runner, mode: dict, work: Path, methods: list[str], jobs: 
         task, loss = METHODS[name]
         target = {"seg": "mask", "det": "boxes"}.get(task, "none")
         out = work / "fusion" / name
-        if (out / "last.pt").exists():  # reuse a finished run (delete the folder to retrain)
-            return out / "last.pt"
-        run(["train", "--task", task, "--dataset", "synthetic", "--out", str(out), "--device", device,
-             *kv({**data, "dataset.options.target": target, **F_SCHEDULE, **mode["fusion"], **loss}),
-             *mode.get("task", {}).get(task, [])], f"train {name}")
-        return out / "last.pt"
+        return train_or_resume(run, out, ["train", "--task", task, "--dataset", "synthetic", "--out", str(out),
+                                          "--device", device,
+                                          *kv({**data, "dataset.options.target": target, **F_SCHEDULE,
+                                               **mode["fusion"], **loss}),
+                                          *mode.get("task", {}).get(task, [])], f"train {name}")
 
     with ThreadPoolExecutor(jobs) as pool:
         return dict(zip(methods, pool.map(one, methods)))
@@ -266,10 +276,8 @@ def msrs_efficacy(run: Runner, mode: dict, root: Path, work: Path, out: Path, jo
     def one(name: str) -> Path:
         task, loss = METHODS[name]
         dest = work / "msrs" / name
-        if not (dest / "last.pt").exists():
-            run(["train", "--task", task, *base, "--out", str(dest), "--device", device, *kv({**schedule, **loss})],
-                f"train msrs {name}")
-        return dest / "last.pt"
+        return train_or_resume(run, dest, ["train", "--task", task, *base, "--out", str(dest), "--device", device,
+                                           *kv({**schedule, **loss})], f"train msrs {name}")
 
     with ThreadPoolExecutor(jobs) as pool:
         ckpts = dict(zip(["fixed", "recon", "det"], pool.map(one, ["fixed", "recon", "det"])))
