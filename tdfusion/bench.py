@@ -29,7 +29,6 @@ from .nets import FusionNet
 __all__ = ["hardware", "bench_inference", "bench_meta", "bench_data", "MemoryPeak", "profile_breakdown",
            "machine_roofline"]
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------
@@ -270,12 +269,12 @@ def _meta_setup(task_name: str, device: torch.device, seed: int = 0) -> tuple[tu
     """The arguments of one meta iteration of ``task_name`` (recipe sizes, synthetic scenes,
     networks initialised from seed 0, batches drawn with ``seed``), its config and a shape text."""
     from . import engine
-    from .config import load_config
+    from .config import CONFIG_DIR, load_config
     from .data.views import to_device
     from .nets import create_model
     from .train import build_task
 
-    cfg = load_config(REPO / "configs" / META_RECIPES[task_name])
+    cfg = load_config(CONFIG_DIR / META_RECIPES[task_name])
     target = {"seg": "mask", "det": "boxes"}.get(task_name, "none")
     train_batch, test_batch, ds = _meta_batches(cfg, target, seed=seed)
     train_batch, test_batch = to_device(train_batch, device), to_device(test_batch, device)

@@ -89,7 +89,7 @@ class _Views(Dataset):
 
 def build_task(task_cfg: dict, dataset: PairDataset | None = None):
     """Instantiate the task head, filling ``num_classes``/``class_names`` from the dataset."""
-    from tasks import get_task
+    from tdfusion.tasks import get_task
 
     cfg = dict(task_cfg)
     name = cfg.pop("name")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tasks import TaskHead, create_task, register_task
+from tdfusion.tasks import TaskHead, create_task, register_task
 from tdfusion import engine
 from tdfusion.nets import FusionNet, LossGenerator
 from tdfusion.optim import apply_meta_gradient, make_optimizer

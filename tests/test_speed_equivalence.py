@@ -242,7 +242,7 @@ def test_fuse_cli_rejects_impossible_memory_bound_before_writing(tmp_path):
 # ------------------------------------------------------------------------ meta-gradient
 
 def _meta_setup(task_name: str, form: str, intensity: str, fixed: bool = False):
-    from tasks import create_task
+    from tdfusion.tasks import create_task
     from tdfusion import engine
 
     torch.manual_seed(13)
