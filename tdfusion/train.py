@@ -47,17 +47,19 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from . import distributed, engine
+from . import distributed
+
+from .meta import objectives
 from .checkpoint import load_checkpoint, module_record, save_checkpoint
 from .data import build_dataset, collate, eval_view, swap_sources, to_device, train_view
 from .data.base import PairDataset
 from .device import resolve_device
 from .errors import TDFusionError
 from .io import atomic_write
-from .losses import FUSION_LOSSES
-from .metagrad import meta_gradient_jvp
+from .meta.losses import FUSION_LOSSES
+from .meta.jvp import meta_gradient_jvp
 from .nets import create_model
-from .optim import G_UPDATE_RULES, apply_meta_gradient, make_optimizer, make_scheduler
+from .meta.updates import G_UPDATE_RULES, apply_meta_gradient, make_optimizer, make_scheduler
 from .precision import PRECISIONS, autocast, check_precision, grad_scaler
 from .progress import progress_bar
 from .results import jsonable
@@ -181,7 +183,7 @@ class MetaTrainer:
         lc = cfg["loss"]
         if lc["form"] not in FUSION_LOSSES:
             raise TDFusionError(f"loss.form {lc['form']!r}: expected one of {', '.join(FUSION_LOSSES)}")
-        self.settings = engine.LossSettings(lc["form"], float(lc["alpha"]), lc["intensity"], bool(lc["fixed_weights"]))
+        self.settings = objectives.LossSettings(lc["form"], float(lc["alpha"]), lc["intensity"], bool(lc["fixed_weights"]))
         self.fusion = self._build_net(cfg["fusion"])
         g_cfg = dict(cfg["lossgen"])
         g_cfg["pairs"] = FUSION_LOSSES[lc["form"]][1]
@@ -282,14 +284,14 @@ class MetaTrainer:
         mc = self.cfg["meta"]
         inner_lr = mc["inner_lr"] if mc["inner_lr"] is not None else self.opt_f.param_groups[0]["lr"]
         if mc["task_inner_step"] == "adam":
-            task_lr = engine.adam_task_step(self.opt_t)
+            task_lr = objectives.adam_task_step(self.opt_t)
         else:
             task_lr = mc["task_inner_lr"] if mc["task_inner_lr"] is not None else self.opt_t.param_groups[0]["lr"]
-        g_params = engine.params_of(self.lossgen)
-        meta_gradient = meta_gradient_jvp if mc["gradient"] == "jvp" else engine.meta_gradient
+        g_params = objectives.params_of(self.lossgen)
+        meta_gradient = meta_gradient_jvp if mc["gradient"] == "jvp" else objectives.meta_gradient
         grads, logs = meta_gradient(
-            self.fusion, engine.params_of(self.fusion), self.lossgen, g_params, self.task, self.task_net,
-            engine.params_of(self.task_net), train_batch, test_batch, inner_lr, task_lr, self.settings,
+            self.fusion, objectives.params_of(self.fusion), self.lossgen, g_params, self.task, self.task_net,
+            objectives.params_of(self.task_net), train_batch, test_batch, inner_lr, task_lr, self.settings,
             reduce_grads=distributed.mean_tensors if self.world > 1 else None)
         logs["meta_grad_scale"] = apply_meta_gradient(self.opt_g, g_params, grads, mc["g_update"])
         return logs
@@ -297,8 +299,8 @@ class MetaTrainer:
     def fusion_step(self, batch: dict) -> dict[str, float]:
         # train.precision applies here (tdfusion.precision); the meta step stays fp32.
         with autocast(self.precision, self.device):
-            out = engine.fusion_objective(self.fusion, engine.params_of(self.fusion), self.lossgen,
-                                          engine.params_of(self.lossgen), batch["crop_a"], batch["crop_b"],
+            out = objectives.fusion_objective(self.fusion, objectives.params_of(self.fusion), self.lossgen,
+                                          objectives.params_of(self.lossgen), batch["crop_a"], batch["crop_b"],
                                           self.settings, detach_weights=True)
         self.opt_f.zero_grad(set_to_none=True)
         self._scaled(out["loss"]).backward()
@@ -307,7 +309,7 @@ class MetaTrainer:
         with torch.no_grad(), autocast(self.precision, self.device):
             fused = self.fusion(batch["a"], batch["b"])
         with autocast(self.precision, self.device):
-            loss_t = engine.task_objective(self.task, self.task_net, engine.params_of(self.task_net), fused, batch)
+            loss_t = objectives.task_objective(self.task, self.task_net, objectives.params_of(self.task_net), fused, batch)
         self.opt_t.zero_grad(set_to_none=True)
         self._scaled(loss_t).backward()
         distributed.average_gradients(self.task_net.parameters())
@@ -471,7 +473,7 @@ class MetaTrainer:
             view = eval_view(sample, size)
             a, b = view["a"][None].to(self.device), view["b"][None].to(self.device)
             fused = normalize_minmax(self.fusion(a, b)[0, 0].float().cpu().numpy())
-            weights = engine.loss_weights(self.lossgen, engine.params_of(self.lossgen), a, b, self.settings)
+            weights = objectives.loss_weights(self.lossgen, objectives.params_of(self.lossgen), a, b, self.settings)
             panels = [(label, t[0, 0].float().cpu().numpy()) for label, t in (("A", a), ("B", b))]
             panels.append(("fused", fused))
             panels += [(name, weights[0, c].float().cpu().numpy())

@@ -210,3 +210,31 @@ def test_commands_do_not_import_each_other():
                 imported = [node.module] if node.module else [a.name for a in node.names]
                 offenders += [f"{path.name} imports {m}" for m in imported if m in names]
     assert not offenders
+
+
+# -- the method's core ------------------------------------------------------------------
+
+def test_the_method_core_imports_no_trainer_task_dataset_or_command():
+    """tdfusion/meta may import torch, itself, ops and errors: nothing that runs, stores or
+    feeds a training."""
+    allowed = ("tdfusion.meta", "tdfusion.ops", "tdfusion.errors")
+    offenders = []
+    for path in sorted((REPO / "tdfusion" / "meta").glob("*.py")):
+        package = "tdfusion.meta"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    targets = [f"{base}.{node.module}" if node.module else f"{base}.{a.name}" for a in node.names]
+                else:
+                    targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for name in targets:
+                local = name.startswith("tdfusion") or name.split(".")[0] == "tasks"
+                if local and not name.startswith(allowed):
+                    offenders.append(f"{path.name}: {name}")
+    assert not offenders
+    assert {p.stem for p in (REPO / "tdfusion" / "meta").glob("*.py")} >= {"objectives", "jvp", "losses", "updates"}

@@ -1,9 +1,9 @@
-"""The meta-learning engine: Algorithm 1 of TDFusion and ReFusion, task-agnostic.
+"""The meta-learning objectives and updates: Algorithm 1 of TDFusion and ReFusion, task-agnostic.
 
 Everything here is a pure function of parameter dicts, run through
 :func:`torch.func.functional_call`; no module is mutated during the meta phase and
 nothing touches the disk. The downstream task enters only through a
-:class:`tasks.TaskHead` (its ``loss``), so the same code serves segmentation,
+:class:`tdfusion.tasks.TaskHead` (its ``loss``), so the same code serves segmentation,
 detection and reconstruction.
 
 One meta iteration (learning of G):
