@@ -322,7 +322,7 @@ def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: i
 
     Sizes, batch and loss follow the task's shipped recipe (``META_RECIPES``) on synthetic
     scenes. Methods: ``jvp`` (:func:`tdfusion.meta.jvp.meta_gradient_jvp`, what training
-    uses), ``plain`` (the second-order formulation, :func:`tdfusion.meta.objectives.meta_gradient`)
+    uses), ``second_order`` (the double-backward formulation, :func:`tdfusion.meta.objectives.meta_gradient_second_order`)
     and ``fusion_step`` (one step of F and T in the fusion phase, optimiser excluded).
     ``profile_top > 0`` adds each figure's :func:`profile_breakdown` (that many operators).
     ``precision`` (``fp32``, ``bf16``, ``fp16``): the computation runs under that autocast;
@@ -355,13 +355,13 @@ def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: i
                 t: dict[str, float] = {}
                 meta_gradient_jvp(*args, timings=t)
                 phases.append(t)
-        elif method == "plain":
+        elif method == "second_order":
             def run():
-                objectives.meta_gradient(*args)
+                objectives.meta_gradient_second_order(*args)
         elif method == "fusion_step":
             run = fusion_step
         else:
-            raise ValueError(f"unknown meta method {method!r} (jvp, plain, fusion_step)")
+            raise ValueError(f"unknown meta method {method!r} (jvp, second_order, fusion_step)")
 
         def fn(run=run):
             with autocast(precision, device):

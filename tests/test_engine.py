@@ -75,7 +75,7 @@ def test_meta_gradient_matches_finite_differences(form):
     train_b, test_b = textured_batch(2, 12, 1), textured_batch(2, 12, 2)
     settings = objectives.LossSettings(form=form)
     lr = 0.5  # a large inner step makes the second-order term large enough to measure
-    grads, _ = objectives.meta_gradient(f, objectives.params_of(f), g, objectives.params_of(g), task, t_net,
+    grads, _ = objectives.meta_gradient_second_order(f, objectives.params_of(f), g, objectives.params_of(g), task, t_net,
                                     objectives.params_of(t_net), train_b, test_b, lr, 0.1, settings)
     g_params = {k: p.detach().clone(memory_format=torch.contiguous_format) for k, p in g.named_parameters()}
     gen = torch.Generator().manual_seed(0)
@@ -104,7 +104,7 @@ def test_meta_phase_leaves_f_and_t_unchanged_and_fusion_phase_leaves_g():
     batch = textured_batch(2, 16, 0, torch.float32)
     settings = objectives.LossSettings(form="tdfusion")
     opt_g = make_optimizer(g.parameters(), 1e-3, "normalized_adam")
-    grads, _ = objectives.meta_gradient(f, objectives.params_of(f), g, objectives.params_of(g), task, t_net,
+    grads, _ = objectives.meta_gradient_second_order(f, objectives.params_of(f), g, objectives.params_of(g), task, t_net,
                                     objectives.params_of(t_net), batch, batch, 1e-4, 1e-4, settings)
     apply_meta_gradient(opt_g, dict(g.named_parameters()), grads, "normalized_adam")
     for key, module in (("f", f), ("t", t_net)):
@@ -135,7 +135,7 @@ def _run_meta(rule: str, steps: int, lr: float = 3e-3):
     start = {k: p.detach().clone() for k, p in g.named_parameters()}
     for step in range(steps):
         train_b, test_b = textured_batch(2, 24, 10 + 2 * step, torch.float32), textured_batch(2, 24, 11 + 2 * step, torch.float32)
-        grads, _ = objectives.meta_gradient(f, objectives.params_of(f), g, objectives.params_of(g), task, t_net,
+        grads, _ = objectives.meta_gradient_second_order(f, objectives.params_of(f), g, objectives.params_of(g), task, t_net,
                                         objectives.params_of(t_net), train_b, test_b, 1e-4, 1e-4, settings)
         apply_meta_gradient(opt, dict(g.named_parameters()), grads, rule)
     moved = sum(float((p.detach() - start[k]).abs().sum()) for k, p in g.named_parameters())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import run_folder
 from ..config import FLAG_KEYS, resolve
 from ..errors import TDFusionError
 from . import SUMMARY
@@ -78,7 +79,7 @@ def _resume_path(args: argparse.Namespace) -> Path:
     target = Path(args.resume) if args.resume else (Path(args.out) if args.out else None)
     if target is None:
         raise TDFusionError("--resume needs a run folder or checkpoint (or --out)")
-    path = target / "last.pt" if target.is_dir() else target
+    path = target / run_folder.LAST if target.is_dir() else target
     if not path.is_file():
         raise TDFusionError(f"{path}: no checkpoint to resume from")
     return path
@@ -94,7 +95,7 @@ def run_dir_for(cfg: dict, resume_ckpt: Path | None) -> Path:
         name = recipe.get("dataset") or cfg["dataset"]["name"]
         base = Path("runs") / f"{name}_{cfg['task']['name']}"
     out, k = base, 2
-    while (out / "last.pt").exists():  # never overwrite a finished or killed run
+    while (out / run_folder.LAST).exists():  # never overwrite a finished or killed run
         out = base.with_name(f"{base.name}_{k}")
         k += 1
     return out
@@ -137,4 +138,4 @@ def _print_summary(summary: dict) -> None:
         if isinstance(v, (int, float)) and k != "epoch":
             table.add_row(f"test {k}", f"{v:.4g}")
     Console().print(table)
-    print(f"checkpoint: {summary['run']}/last.pt   samples: {summary['run']}/samples/")
+    print(f"checkpoint: {summary['run']}/{run_folder.LAST}   samples: {summary['run']}/{run_folder.SAMPLES}/")
