@@ -28,6 +28,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tdfusion import run_folder
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: Per mode: the synthetic data, the shared F schedule, the downstream regime and the seeds.
@@ -98,12 +100,12 @@ class Runner:
 def train_or_resume(run: Runner, out: Path, train_args: list[str], name: str) -> Path:
     """Train into ``out``; reuse a finished run (it has summary.json; delete the folder to
     retrain) and resume an interrupted one from its last checkpoint."""
-    if not (out / "summary.json").exists():
-        if (out / "last.pt").exists():
+    if not (out / run_folder.SUMMARY).exists():
+        if (out / run_folder.LAST).exists():
             run(["train", "--resume", str(out), "--out", str(out)], f"{name} (resumed)")
         else:
             run(train_args, name)
-    return out / "last.pt"
+    return out / run_folder.LAST
 
 
 def train_fusion(run: Runner, mode: dict, work: Path, methods: list[str], jobs: int, device: str) -> dict[str, Path]:

@@ -38,7 +38,7 @@ def known_mix_loss(fused: torch.Tensor, batch: dict) -> torch.Tensor:
 
 
 def outer_loss(net, params: dict, train: dict, test: dict, w_a: torch.Tensor, eta: float, form: str) -> float:
-    from tdfusion.losses import fusion_loss
+    from tdfusion.meta.losses import fusion_loss
 
     names = [k for k, p in params.items() if p.requires_grad]
     leaves = {k: params[k].detach().clone().requires_grad_(True) for k in names}

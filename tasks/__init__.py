@@ -6,35 +6,28 @@ registers itself with :func:`register_task` (see README, "Adding a task").
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Mapping
+
+from tdfusion.registry import Registry
 
 from .base import Evaluator, TaskHead
 
-__all__ = ["Evaluator", "TaskHead", "available_tasks", "create_task", "get_task", "register_task"]
+__all__ = ["TASKS", "Evaluator", "TaskHead", "available_tasks", "create_task", "get_task", "register_task"]
 
-_BUILTIN = {"recon": "tasks.recon", "seg": "tasks.seg", "det": "tasks.det"}
-_REGISTRY: dict[str, type[TaskHead]] = {}
+TASKS: Registry[type[TaskHead]] = Registry("task", entry_point_group="tdfusion.tasks")
+for _name in ("recon", "seg", "det"):
+    TASKS.declare(_name, f"{__name__}.{_name}")
 
 
 def register_task(cls: type[TaskHead]) -> type[TaskHead]:
     """Class decorator: make ``create_task(cls.name, ...)`` build this task."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    existing = _REGISTRY.get(cls.name)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"task {cls.name!r} is registered twice ({existing.__name__}, {cls.__name__})")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return TASKS.register(cls.name)(cls)
 
 
 def get_task(name: str) -> type[TaskHead]:
-    if name not in _REGISTRY and name in _BUILTIN:
-        importlib.import_module(_BUILTIN[name])
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(available_tasks())}") from None
+    return TASKS.get(name)
 
 
 def create_task(name: str, config: Mapping[str, Any] | None = None) -> TaskHead:
@@ -42,5 +35,6 @@ def create_task(name: str, config: Mapping[str, Any] | None = None) -> TaskHead:
     return get_task(name)(config)
 
 
-def available_tasks() -> list[str]:
-    return sorted(set(_BUILTIN) | set(_REGISTRY))
+def available_tasks(pattern: str | None = None) -> list[str]:
+    """Registered task names; ``pattern`` filters shell-style."""
+    return TASKS.names(pattern)

@@ -22,14 +22,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .chunked import fuse_banded, plan_bands
-from .losses import FUSION_LOSSES
+from .meta.losses import FUSION_LOSSES
 from .hostinfo import cpu_model
 from .nets import FusionNet
 
 __all__ = ["hardware", "bench_inference", "bench_meta", "bench_data", "MemoryPeak", "profile_breakdown",
            "machine_roofline"]
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------
@@ -269,13 +268,13 @@ def _meta_batches(cfg: dict, target: str, seed: int) -> tuple[dict, dict, Any]:
 def _meta_setup(task_name: str, device: torch.device, seed: int = 0) -> tuple[tuple, dict, str]:
     """The arguments of one meta iteration of ``task_name`` (recipe sizes, synthetic scenes,
     networks initialised from seed 0, batches drawn with ``seed``), its config and a shape text."""
-    from . import engine
-    from .config import load_config
+    from .meta import objectives
+    from .config import CONFIG_DIR, load_config
     from .data.views import to_device
     from .nets import create_model
     from .train import build_task
 
-    cfg = load_config(REPO / "configs" / META_RECIPES[task_name])
+    cfg = load_config(CONFIG_DIR / META_RECIPES[task_name])
     target = {"seg": "mask", "det": "boxes"}.get(task_name, "none")
     train_batch, test_batch, ds = _meta_batches(cfg, target, seed=seed)
     train_batch, test_batch = to_device(train_batch, device), to_device(test_batch, device)
@@ -284,11 +283,11 @@ def _meta_setup(task_name: str, device: torch.device, seed: int = 0) -> tuple[tu
     lossgen = create_model(**_arch(cfg["lossgen"]), pairs=FUSION_LOSSES[cfg["loss"]["form"]][1]).to(device)
     task = build_task(cfg["task"], ds)
     task_net = task.build_network().to(device).train()
-    settings = engine.LossSettings(cfg["loss"]["form"], cfg["loss"]["alpha"], cfg["loss"]["intensity"],
+    settings = objectives.LossSettings(cfg["loss"]["form"], cfg["loss"]["alpha"], cfg["loss"]["intensity"],
                                    cfg["loss"]["fixed_weights"])
     lr = cfg["optim"]["lr_fusion"]
-    args = (fusion, engine.params_of(fusion), lossgen, engine.params_of(lossgen), task, task_net,
-            engine.params_of(task_net), train_batch, test_batch, lr, cfg["optim"]["lr_task"], settings)
+    args = (fusion, objectives.params_of(fusion), lossgen, objectives.params_of(lossgen), task, task_net,
+            objectives.params_of(task_net), train_batch, test_batch, lr, cfg["optim"]["lr_task"], settings)
     shape = (f"batch {len(train_batch['stems'])}, crops {cfg['data']['crop_size']}, task input "
              + ("= crops" if cfg["data"]["task_size"] is None else "x".join(map(str, cfg["data"]["task_size"]))))
     return args, cfg, shape
@@ -301,7 +300,7 @@ def meta_gradient_agreement(task_name: str, device: torch.device, precision: str
     One value per fixed batch pair (``seeds``), same networks and batches on both sides:
     the bar for using a lower precision in the meta step is 0.99 (issue 13).
     """
-    from .metagrad import meta_gradient_jvp
+    from .meta.jvp import meta_gradient_jvp
     from .precision import autocast
 
     out = []
@@ -322,27 +321,27 @@ def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: i
     """Time one meta iteration (inner + outer update) or one fusion-phase step of a task.
 
     Sizes, batch and loss follow the task's shipped recipe (``META_RECIPES``) on synthetic
-    scenes. Methods: ``jvp`` (:func:`tdfusion.metagrad.meta_gradient_jvp`, what training
-    uses), ``plain`` (the second-order formulation, :func:`tdfusion.engine.meta_gradient`)
+    scenes. Methods: ``jvp`` (:func:`tdfusion.meta.jvp.meta_gradient_jvp`, what training
+    uses), ``second_order`` (the double-backward formulation, :func:`tdfusion.meta.objectives.meta_gradient_second_order`)
     and ``fusion_step`` (one step of F and T in the fusion phase, optimiser excluded).
     ``profile_top > 0`` adds each figure's :func:`profile_breakdown` (that many operators).
     ``precision`` (``fp32``, ``bf16``, ``fp16``): the computation runs under that autocast;
     a lower precision's ``jvp`` row also carries :func:`meta_gradient_agreement`.
     """
-    from . import engine
-    from .metagrad import meta_gradient_jvp
+    from .meta import objectives
+    from .meta.jvp import meta_gradient_jvp
     from .precision import autocast
 
     args, _, shape = _meta_setup(task_name, device)
     fusion, _, lossgen, _, task, task_net, _, train_batch, _, _, _, settings = args
 
     def fusion_step():  # the trainer's fusion_step without the optimiser updates
-        out = engine.fusion_objective(fusion, engine.params_of(fusion), lossgen, engine.params_of(lossgen),
+        out = objectives.fusion_objective(fusion, objectives.params_of(fusion), lossgen, objectives.params_of(lossgen),
                                       train_batch["crop_a"], train_batch["crop_b"], settings, detach_weights=True)
         out["loss"].backward()
         with torch.no_grad():
             fused = fusion(train_batch["a"], train_batch["b"])
-        engine.task_objective(task, task_net, engine.params_of(task_net), fused, train_batch).backward()
+        objectives.task_objective(task, task_net, objectives.params_of(task_net), fused, train_batch).backward()
         for net in (fusion, task_net):
             net.zero_grad(set_to_none=True)
 
@@ -356,13 +355,13 @@ def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: i
                 t: dict[str, float] = {}
                 meta_gradient_jvp(*args, timings=t)
                 phases.append(t)
-        elif method == "plain":
+        elif method == "second_order":
             def run():
-                engine.meta_gradient(*args)
+                objectives.meta_gradient_second_order(*args)
         elif method == "fusion_step":
             run = fusion_step
         else:
-            raise ValueError(f"unknown meta method {method!r} (jvp, plain, fusion_step)")
+            raise ValueError(f"unknown meta method {method!r} (jvp, second_order, fusion_step)")
 
         def fn(run=run):
             with autocast(precision, device):

@@ -9,6 +9,9 @@
   (``epochs=3``, ``data.task_size=[240,320]``, ``task.weights=null``).
 * A recipe is a config file with ``recipe: {dataset: NAME, task: NAME}``;
   :func:`find_recipe` maps ``--dataset``/``--task`` to it.
+* :func:`resolve` is what every command calls: a run config from a file, a saved run
+  config or a recipe, then a preset, the command-line flags and the overrides; validated,
+  and the modules under its ``imports:`` key imported (third-party tasks and datasets).
 """
 from __future__ import annotations
 
@@ -23,10 +26,13 @@ import yaml
 
 from .errors import TDFusionError
 
-__all__ = ["CONFIG_DIR", "apply_overrides", "find_recipe", "load_config", "merge", "set_key", "validate"]
+__all__ = ["CONFIG_DIR", "FLAG_KEYS", "apply_overrides", "apply_preset", "find_recipe", "load_config", "merge",
+           "preset_names", "resolve", "set_key", "validate", "with_new_keys"]
 
-#: Where the shipped configs live (the repository's ``configs/``).
-CONFIG_DIR = Path(os.environ.get("TDFUSION_CONFIGS", Path(__file__).resolve().parents[1] / "configs"))
+#: Where the shipped configs live: the checkout's ``configs/``, installed as ``tdfusion/configs``.
+_HERE = Path(__file__).resolve().parent
+CONFIG_DIR = Path(os.environ.get("TDFUSION_CONFIGS") or
+                  (_HERE / "configs" if (_HERE / "configs").is_dir() else _HERE.parent / "configs"))
 _OPEN_SECTIONS = ("task", "dataset.options", "recipe")
 
 
@@ -183,3 +189,83 @@ def find_recipe(dataset: str, task: str | None) -> Path | None:
         names = ", ".join(p.name for p in matches)
         raise TDFusionError(f"dataset {dataset!r} has several recipes ({names}); pass --task or --config")
     return matches[0] if matches else None
+
+
+#: Command-line flags that set a config key (``--epochs 3`` is ``train.epochs=3``).
+FLAG_KEYS = {"task": "task.name", "data_root": "dataset.root", "out": "run.out", "device": "train.device",
+             "epochs": "train.epochs", "task_weights": "task.weights", "trust_weights": "task.trust_weights",
+             "deterministic": "train.deterministic"}
+
+
+def resolve(config: str | os.PathLike | None = None, *, dataset: str | None = None, saved: dict | None = None,
+            preset: str | None = None, overrides: Iterable[str] = (), **flags: Any) -> dict:
+    """The run config, validated, its ``imports:`` imported.
+
+    Its start: the ``config`` file, else ``saved`` (a run config saved in a checkpoint,
+    completed with the keys added since at their defaults; ``dataset`` then renames its
+    dataset), else the recipe of ``dataset`` (and ``flags["task"]``), else the base config
+    naming ``dataset``, else the base config. Then the ``preset`` (new runs only), the
+    ``flags`` (:data:`FLAG_KEYS`; ``None`` leaves a key alone) and the ``key=value``
+    ``overrides``.
+    """
+    from .registry import import_plugins
+
+    unknown = set(flags) - set(FLAG_KEYS)
+    if unknown:
+        raise TypeError(f"resolve() got unknown flags: {', '.join(sorted(unknown))}")
+    schema = load_config(None)
+    task = flags.get("task")
+    if config:
+        cfg = load_config(config)
+        try:
+            validate(cfg, schema)
+        except TDFusionError as exc:  # name the file; errors of the overrides below name the override
+            raise TDFusionError(f"{config}: {exc}") from None
+    elif saved is not None:
+        cfg = with_new_keys(saved, schema)
+        if dataset:
+            set_key(cfg, "dataset.name", dataset)
+    elif dataset:
+        recipe = find_recipe(dataset, task)
+        if recipe:
+            cfg = load_config(recipe)
+        else:
+            cfg = copy.deepcopy(schema)
+            set_key(cfg, "dataset.name", dataset)
+    else:
+        cfg = copy.deepcopy(schema)
+    if preset:
+        if saved is not None and not config:
+            raise TDFusionError("--preset applies to a new run; a resumed run keeps its own config")
+        cfg = apply_preset(cfg, preset, schema)
+    for flag, key in FLAG_KEYS.items():
+        if flags.get(flag) is not None:
+            set_key(cfg, key, flags[flag])
+    cfg = apply_overrides(cfg, overrides, schema)
+    validate(cfg, schema)
+    import_plugins(cfg.get("imports"), source=f"{config or 'config'}: imports")
+    return cfg
+
+
+def with_new_keys(saved: dict, schema: dict) -> dict:
+    """A run config saved by an earlier version, with the keys added since at their defaults
+    (their defaults keep the earlier behaviour)."""
+    return merge(schema, saved)
+
+
+def preset_names() -> list[str]:
+    """The presets shipped in ``configs/presets/``."""
+    return sorted(p.stem for p in (CONFIG_DIR / "presets").glob("*.yaml"))
+
+
+def apply_preset(cfg: dict, name: str, schema: dict) -> dict:
+    """``cfg`` with ``configs/presets/<name>.yaml`` merged over it (the preset wins)."""
+    path = CONFIG_DIR / "presets" / f"{name}.yaml"
+    if not path.is_file():
+        raise TDFusionError(f"unknown preset {name!r}; available: {', '.join(preset_names()) or 'none'}")
+    overlay = load_config(path)
+    try:
+        validate(overlay, schema)
+    except TDFusionError as exc:
+        raise TDFusionError(f"{path}: {exc}") from None
+    return merge(cfg, overlay)

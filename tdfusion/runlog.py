@@ -17,6 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
+from . import run_folder
 from .errors import TDFusionError
 from .io import atomic_write
 
@@ -80,8 +81,8 @@ class RunLoggers:
             raise TDFusionError(f"config key 'run.loggers': unknown logger(s) {', '.join(map(repr, unknown))}; "
                                 f"choose from {', '.join(LOGGERS)}")
         self.run_dir = Path(run_dir)
-        self.csv = ({"train": _CsvTable(self.run_dir / "train_log.csv"),
-                     "eval": _CsvTable(self.run_dir / "eval_log.csv")} if "csv" in names else None)
+        self.csv = ({"train": _CsvTable(self.run_dir / run_folder.TRAIN_LOG_CSV),
+                     "eval": _CsvTable(self.run_dir / run_folder.EVAL_LOG_CSV)} if "csv" in names else None)
         self.tb = None
         if "tensorboard" in names:
             try:

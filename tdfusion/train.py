@@ -47,17 +47,19 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from . import distributed, engine
+from . import distributed, run_folder
+
+from .meta import objectives
 from .checkpoint import load_checkpoint, module_record, save_checkpoint
 from .data import build_dataset, collate, eval_view, swap_sources, to_device, train_view
 from .data.base import PairDataset
 from .device import resolve_device
 from .errors import TDFusionError
 from .io import atomic_write
-from .losses import FUSION_LOSSES
-from .metagrad import meta_gradient_jvp
+from .meta.losses import FUSION_LOSSES
+from .meta.jvp import meta_gradient_jvp
 from .nets import create_model
-from .optim import G_UPDATE_RULES, apply_meta_gradient, make_optimizer, make_scheduler
+from .meta.updates import G_UPDATE_RULES, apply_meta_gradient, make_optimizer, make_scheduler
 from .precision import PRECISIONS, autocast, check_precision, grad_scaler
 from .progress import progress_bar
 from .results import jsonable
@@ -89,7 +91,7 @@ class _Views(Dataset):
 
 def build_task(task_cfg: dict, dataset: PairDataset | None = None):
     """Instantiate the task head, filling ``num_classes``/``class_names`` from the dataset."""
-    from tasks import get_task
+    from tdfusion.tasks import get_task
 
     cfg = dict(task_cfg)
     name = cfg.pop("name")
@@ -181,7 +183,7 @@ class MetaTrainer:
         lc = cfg["loss"]
         if lc["form"] not in FUSION_LOSSES:
             raise TDFusionError(f"loss.form {lc['form']!r}: expected one of {', '.join(FUSION_LOSSES)}")
-        self.settings = engine.LossSettings(lc["form"], float(lc["alpha"]), lc["intensity"], bool(lc["fixed_weights"]))
+        self.settings = objectives.LossSettings(lc["form"], float(lc["alpha"]), lc["intensity"], bool(lc["fixed_weights"]))
         self.fusion = self._build_net(cfg["fusion"])
         g_cfg = dict(cfg["lossgen"])
         g_cfg["pairs"] = FUSION_LOSSES[lc["form"]][1]
@@ -282,14 +284,14 @@ class MetaTrainer:
         mc = self.cfg["meta"]
         inner_lr = mc["inner_lr"] if mc["inner_lr"] is not None else self.opt_f.param_groups[0]["lr"]
         if mc["task_inner_step"] == "adam":
-            task_lr = engine.adam_task_step(self.opt_t)
+            task_lr = objectives.adam_task_step(self.opt_t)
         else:
             task_lr = mc["task_inner_lr"] if mc["task_inner_lr"] is not None else self.opt_t.param_groups[0]["lr"]
-        g_params = engine.params_of(self.lossgen)
-        meta_gradient = meta_gradient_jvp if mc["gradient"] == "jvp" else engine.meta_gradient
+        g_params = objectives.params_of(self.lossgen)
+        meta_gradient = meta_gradient_jvp if mc["gradient"] == "jvp" else objectives.meta_gradient_second_order
         grads, logs = meta_gradient(
-            self.fusion, engine.params_of(self.fusion), self.lossgen, g_params, self.task, self.task_net,
-            engine.params_of(self.task_net), train_batch, test_batch, inner_lr, task_lr, self.settings,
+            self.fusion, objectives.params_of(self.fusion), self.lossgen, g_params, self.task, self.task_net,
+            objectives.params_of(self.task_net), train_batch, test_batch, inner_lr, task_lr, self.settings,
             reduce_grads=distributed.mean_tensors if self.world > 1 else None)
         logs["meta_grad_scale"] = apply_meta_gradient(self.opt_g, g_params, grads, mc["g_update"])
         return logs
@@ -297,8 +299,8 @@ class MetaTrainer:
     def fusion_step(self, batch: dict) -> dict[str, float]:
         # train.precision applies here (tdfusion.precision); the meta step stays fp32.
         with autocast(self.precision, self.device):
-            out = engine.fusion_objective(self.fusion, engine.params_of(self.fusion), self.lossgen,
-                                          engine.params_of(self.lossgen), batch["crop_a"], batch["crop_b"],
+            out = objectives.fusion_objective(self.fusion, objectives.params_of(self.fusion), self.lossgen,
+                                          objectives.params_of(self.lossgen), batch["crop_a"], batch["crop_b"],
                                           self.settings, detach_weights=True)
         self.opt_f.zero_grad(set_to_none=True)
         self._scaled(out["loss"]).backward()
@@ -307,7 +309,7 @@ class MetaTrainer:
         with torch.no_grad(), autocast(self.precision, self.device):
             fused = self.fusion(batch["a"], batch["b"])
         with autocast(self.precision, self.device):
-            loss_t = engine.task_objective(self.task, self.task_net, engine.params_of(self.task_net), fused, batch)
+            loss_t = objectives.task_objective(self.task, self.task_net, objectives.params_of(self.task_net), fused, batch)
         self.opt_t.zero_grad(set_to_none=True)
         self._scaled(loss_t).backward()
         distributed.average_gradients(self.task_net.parameters())
@@ -355,17 +357,17 @@ class MetaTrainer:
     def save(self, kind: str = "step") -> Path:
         """Write a checkpoint (rank 0 only; every process may call it)."""
         if kind == "epoch":
-            path = self.run_dir / f"epoch_{self.pos.epoch:03d}.pt"
+            path = self.run_dir / run_folder.epoch_checkpoint(self.pos.epoch)
             if self.is_main:
                 self._write(self.checkpoint(with_state=False), path)
             return path
         if not self.is_main:
-            return self.run_dir / "last.pt"
+            return self.run_dir / run_folder.LAST
         ckpt = self.checkpoint()
-        last = self.run_dir / "last.pt"
+        last = self.run_dir / run_folder.LAST
         self._write(ckpt, last)
         if kind == "step":
-            _link_or_copy(last, self.run_dir / f"step_{self.pos.global_step:07d}.pt")
+            _link_or_copy(last, self.run_dir / run_folder.step_checkpoint(self.pos.global_step))
             for old in sorted(self.run_dir.glob("step_*.pt"))[:-max(1, self.cfg["run"]["keep"])]:
                 old.unlink(missing_ok=True)
         return last
@@ -428,7 +430,7 @@ class MetaTrainer:
 
     def _truncate_logs(self) -> None:
         """Drop log lines written after the checkpoint we resume from."""
-        for name, key in (("train_log.jsonl", "global_step"), ("eval_log.jsonl", "epoch")):
+        for name, key in ((run_folder.TRAIN_LOG, "global_step"), (run_folder.EVAL_LOG, "epoch")):
             path = self.run_dir / name
             if not path.exists():
                 continue
@@ -450,7 +452,7 @@ class MetaTrainer:
         with open(self.run_dir / name, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self.loggers is not None:
-            if name == "train_log.jsonl":
+            if name == run_folder.TRAIN_LOG:
                 self.loggers.train(record)
             else:
                 self.loggers.eval(record, self.pos.global_step)
@@ -471,7 +473,7 @@ class MetaTrainer:
             view = eval_view(sample, size)
             a, b = view["a"][None].to(self.device), view["b"][None].to(self.device)
             fused = normalize_minmax(self.fusion(a, b)[0, 0].float().cpu().numpy())
-            weights = engine.loss_weights(self.lossgen, engine.params_of(self.lossgen), a, b, self.settings)
+            weights = objectives.loss_weights(self.lossgen, objectives.params_of(self.lossgen), a, b, self.settings)
             panels = [(label, t[0, 0].float().cpu().numpy()) for label, t in (("A", a), ("B", b))]
             panels.append(("fused", fused))
             panels += [(name, weights[0, c].float().cpu().numpy())
@@ -492,7 +494,7 @@ class MetaTrainer:
         if not samples:
             return
         sheet = sample_sheet(samples)
-        write_image(self.run_dir / "samples" / f"epoch_{epoch:03d}.png", sheet)
+        write_image(self.run_dir / run_folder.SAMPLES / run_folder.epoch_sheet(epoch), sheet)
         if self.loggers is not None:
             self.loggers.image("samples", sheet, self.pos.global_step)
             self.loggers.flush()
@@ -519,7 +521,7 @@ class MetaTrainer:
                  "panels: sources A and B, the fused image as tdfusion fuse writes it (luminance, min-max "
                  "stretched), and the loss generator's weight for A (w_A: intensity, v_A: gradient; "
                  "1 = all weight on A)"]
-        evals = self.run_dir / "eval_log.jsonl"
+        evals = self.run_dir / run_folder.EVAL_LOG
         if evals.exists():
             lines = [json.loads(x) for x in evals.read_text().splitlines() if x.strip()]
             if lines:
@@ -528,9 +530,9 @@ class MetaTrainer:
                              + ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
         if self.best is not None:
             notes.append(f"best.pt: epoch {self.best['epoch']} (task fitness {self.best['fitness']:.4g})")
-        write_report(self.run_dir / "report", entries, summary=summary,
+        write_report(self.run_dir / run_folder.REPORT, entries, summary=summary,
                      title=f"training report: {self.run_dir.resolve().name}", notes=notes,
-                     provenance=provenance(self.run_dir / "last.pt"), height=self.cfg["data"]["crop_size"]
+                     provenance=provenance(self.run_dir / run_folder.LAST), height=self.cfg["data"]["crop_size"]
                      if self.cfg["data"]["task_size"] is None else self.cfg["data"]["task_size"][0],
                      columns=max(len(p) for _, p in samples))
 
@@ -561,7 +563,7 @@ class MetaTrainer:
         if bad:  # the logs are averaged, so every process takes this branch together
             stems = [s for part in distributed.gather_objects(list(stems)) for s in part]
             stems = list(dict.fromkeys(stems))  # swapped pairs repeat their stems
-            last = self.run_dir / "last.pt"
+            last = self.run_dir / run_folder.LAST
             keep = f"; the last good checkpoint is {last}" if last.exists() else ""
             raise TDFusionError(
                 f"non-finite {', '.join(bad)} at epoch {self.pos.epoch + 1}, {self.pos.phase} step "
@@ -578,7 +580,7 @@ class MetaTrainer:
         self.pos.global_step += 1
         record = {**self.pos.as_dict(), "epoch": self.pos.epoch + 1, **logs,
                   "lr_fusion": self.opt_f.param_groups[0]["lr"], "time": round(time.time(), 3)}
-        self._log("train_log.jsonl", record)
+        self._log(run_folder.TRAIN_LOG, record)
         if self.pos.global_step % self.cfg["run"]["save_every"] == 0:
             self.save("step")
         return logs
@@ -617,10 +619,10 @@ class MetaTrainer:
         """Train to ``train.epochs``; returns the summary (also written to summary.json)."""
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "samples").mkdir(exist_ok=True)
+            (self.run_dir / run_folder.SAMPLES).mkdir(exist_ok=True)
             for stale in self.run_dir.glob(".*.tmp"):  # left by a kill during a write
                 stale.unlink(missing_ok=True)
-            with atomic_write(self.run_dir / "config.yaml", "w") as fh:
+            with atomic_write(self.run_dir / run_folder.CONFIG, "w") as fh:
                 yaml.safe_dump(self.cfg, fh, sort_keys=False)
             self.loggers = RunLoggers(self.run_dir, self.cfg["run"]["loggers"],
                                       self.pos.global_step if self._resumed else None)
@@ -666,12 +668,12 @@ class MetaTrainer:
             if eval_every and self.pos.epoch % eval_every == 0 and self.is_main:
                 metrics = self.evaluate()
                 if metrics is not None:
-                    self._log("eval_log.jsonl", {"epoch": self.pos.epoch, **jsonable(metrics)})
+                    self._log(run_folder.EVAL_LOG, {"epoch": self.pos.epoch, **jsonable(metrics)})
             improved = metrics is not None and self._improves_best(metrics)
             self.save("epoch")
             self.save("last")  # records self.best, so a resumed run compares against it
             if improved and self.is_main:
-                _link_or_copy(self.run_dir / "last.pt", self.run_dir / "best.pt")
+                _link_or_copy(self.run_dir / run_folder.LAST, self.run_dir / run_folder.BEST)
             if self.is_main:
                 # After the save: the report records the sha256 of the last.pt it shows.
                 self.render_samples(self.pos.epoch)
@@ -682,7 +684,7 @@ class MetaTrainer:
                                    "global_steps": self.pos.global_step}
         if not self.is_main:
             return summary
-        log = self.run_dir / "train_log.jsonl"
+        log = self.run_dir / run_folder.TRAIN_LOG
         if log.exists():
             records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
             for phase in _PHASES:
@@ -690,12 +692,12 @@ class MetaTrainer:
                 if rows:
                     keys = [k for k in rows[0] if k.startswith("loss")]
                     summary[f"last_epoch_{phase}"] = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-        ev = self.run_dir / "eval_log.jsonl"
+        ev = self.run_dir / run_folder.EVAL_LOG
         if ev.exists():
             lines = [json.loads(line) for line in ev.read_text().splitlines() if line.strip()]
             if lines:
                 summary["eval"] = lines[-1]
-        with atomic_write(self.run_dir / "summary.json", "w") as fh:
+        with atomic_write(self.run_dir / run_folder.SUMMARY, "w") as fh:
             json.dump(summary, fh, indent=2)
         return summary
 

@@ -106,13 +106,9 @@ def test_missing_base_config(capsys, tmp_path):
 
 def test_yaml_numbers_without_a_dot_are_numbers():
     # YAML 1.1 reads 1e-3 as text; the config layer must not hand a string to the optimiser.
-    from tdfusion.commands.train import resolve_config
-    import argparse
+    from tdfusion.config import resolve
 
-    ns = argparse.Namespace(config=str(CONFIG), task=None, dataset=None, data_root=None, out=None, device=None,
-                            epochs=None, task_weights=None, deterministic=None, resume=None,
-                            overrides=["optim.lr_fusion=1e-3", "train.epochs=3.0"])
-    cfg, _ = resolve_config(ns)
+    cfg = resolve(str(CONFIG), overrides=["optim.lr_fusion=1e-3", "train.epochs=3.0"])
     assert cfg["optim"]["lr_fusion"] == 1e-3 and isinstance(cfg["optim"]["lr_fusion"], float)
     assert cfg["train"]["epochs"] == 3 and isinstance(cfg["train"]["epochs"], int)
 

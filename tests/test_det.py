@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import create_task
-from tasks.det import PAD_VALUE, coco_map, decode_predictions
+from tdfusion.tasks import create_task
+from tdfusion.tasks.det import PAD_VALUE, coco_map, decode_predictions
 from tdfusion.errors import TDFusionError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_build_and_run_without_network_access(tmp_path):
         socket.socket.connect = socket.socket.connect_ex = guard
         socket.create_connection = socket.getaddrinfo = guard
         import torch
-        from tasks import create_task
+        from tdfusion.tasks import create_task
         task = create_task("det", {"num_classes": 3})
         net = task.build_network()
         fused = torch.rand(1, 1, 64, 96)

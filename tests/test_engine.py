@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from tasks import TaskHead, create_task, register_task
-from tdfusion import engine
+from tdfusion.tasks import TaskHead, create_task, register_task
+from tdfusion.meta import objectives
 from tdfusion.nets import FusionNet, LossGenerator
-from tdfusion.optim import apply_meta_gradient, make_optimizer
+from tdfusion.meta.updates import apply_meta_gradient, make_optimizer
 
 
 @register_task
@@ -59,11 +59,11 @@ def textured_batch(n: int, size: int, seed: int, dtype=torch.float64) -> dict:
 
 
 def outer_loss_of_g(f, g, task, t_net, g_params, train_b, test_b, lr, settings):
-    f_params = engine.params_of(f)
-    stepped, _ = engine.inner_update(f, f_params, g, g_params, train_b, lr, settings)
+    f_params = objectives.params_of(f)
+    stepped, _ = objectives.inner_update(f, f_params, g, g_params, train_b, lr, settings)
     fused_train = torch.func.functional_call(f, dict(f_params), (train_b["a"], train_b["b"])).detach()
-    t_stepped, _ = engine.task_inner_update(task, t_net, engine.params_of(t_net), fused_train, train_b, 0.1)
-    return engine.meta_objective(f, stepped, task, t_net, t_stepped, test_b)
+    t_stepped, _ = objectives.task_inner_update(task, t_net, objectives.params_of(t_net), fused_train, train_b, 0.1)
+    return objectives.meta_objective(f, stepped, task, t_net, t_stepped, test_b)
 
 
 @pytest.mark.parametrize("form", ["tdfusion", "refusion"])
@@ -73,10 +73,10 @@ def test_meta_gradient_matches_finite_differences(form):
     task = create_task("test_copy")
     t_net = task.build_network().double()
     train_b, test_b = textured_batch(2, 12, 1), textured_batch(2, 12, 2)
-    settings = engine.LossSettings(form=form)
+    settings = objectives.LossSettings(form=form)
     lr = 0.5  # a large inner step makes the second-order term large enough to measure
-    grads, _ = engine.meta_gradient(f, engine.params_of(f), g, engine.params_of(g), task, t_net,
-                                    engine.params_of(t_net), train_b, test_b, lr, 0.1, settings)
+    grads, _ = objectives.meta_gradient_second_order(f, objectives.params_of(f), g, objectives.params_of(g), task, t_net,
+                                    objectives.params_of(t_net), train_b, test_b, lr, 0.1, settings)
     g_params = {k: p.detach().clone(memory_format=torch.contiguous_format) for k, p in g.named_parameters()}
     gen = torch.Generator().manual_seed(0)
     checked = 0
@@ -102,10 +102,10 @@ def test_meta_phase_leaves_f_and_t_unchanged_and_fusion_phase_leaves_g():
     t_net = task.build_network()
     before = {k: copy.deepcopy(m.state_dict()) for k, m in (("f", f), ("g", g), ("t", t_net))}
     batch = textured_batch(2, 16, 0, torch.float32)
-    settings = engine.LossSettings(form="tdfusion")
+    settings = objectives.LossSettings(form="tdfusion")
     opt_g = make_optimizer(g.parameters(), 1e-3, "normalized_adam")
-    grads, _ = engine.meta_gradient(f, engine.params_of(f), g, engine.params_of(g), task, t_net,
-                                    engine.params_of(t_net), batch, batch, 1e-4, 1e-4, settings)
+    grads, _ = objectives.meta_gradient_second_order(f, objectives.params_of(f), g, objectives.params_of(g), task, t_net,
+                                    objectives.params_of(t_net), batch, batch, 1e-4, 1e-4, settings)
     apply_meta_gradient(opt_g, dict(g.named_parameters()), grads, "normalized_adam")
     for key, module in (("f", f), ("t", t_net)):
         for k, v in module.state_dict().items():
@@ -116,7 +116,7 @@ def test_meta_phase_leaves_f_and_t_unchanged_and_fusion_phase_leaves_g():
     # Fusion phase: F and T step, G must not move and must not even receive gradients.
     g_before = copy.deepcopy(g.state_dict())
     opt_f = make_optimizer(f.parameters(), 1e-3)
-    out = engine.fusion_objective(f, engine.params_of(f), g, engine.params_of(g), batch["crop_a"], batch["crop_b"],
+    out = objectives.fusion_objective(f, objectives.params_of(f), g, objectives.params_of(g), batch["crop_a"], batch["crop_b"],
                                   settings, detach_weights=True)
     out["loss"].backward()
     opt_f.step()
@@ -130,13 +130,13 @@ def _run_meta(rule: str, steps: int, lr: float = 3e-3):
     f, g = tiny_nets(torch.float32, seed=1)
     task = create_task("test_copy")
     t_net = task.build_network()
-    settings = engine.LossSettings(form="tdfusion")
+    settings = objectives.LossSettings(form="tdfusion")
     opt = make_optimizer(g.parameters(), lr, rule)
     start = {k: p.detach().clone() for k, p in g.named_parameters()}
     for step in range(steps):
         train_b, test_b = textured_batch(2, 24, 10 + 2 * step, torch.float32), textured_batch(2, 24, 11 + 2 * step, torch.float32)
-        grads, _ = engine.meta_gradient(f, engine.params_of(f), g, engine.params_of(g), task, t_net,
-                                        engine.params_of(t_net), train_b, test_b, 1e-4, 1e-4, settings)
+        grads, _ = objectives.meta_gradient_second_order(f, objectives.params_of(f), g, objectives.params_of(g), task, t_net,
+                                        objectives.params_of(t_net), train_b, test_b, 1e-4, 1e-4, settings)
         apply_meta_gradient(opt, dict(g.named_parameters()), grads, rule)
     moved = sum(float((p.detach() - start[k]).abs().sum()) for k, p in g.named_parameters())
     return f, g, moved

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tdfusion import engine
+from tdfusion.meta import objectives
 from tdfusion.cli import build_parser, main
 from tdfusion.commands.train import resolve_config
 from tdfusion.errors import TDFusionError
@@ -58,7 +58,7 @@ def test_adam_task_step_equals_torch_adam_and_leaves_the_weights():
     twin.load_state_dict(net.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     ref_opt = torch.optim.Adam(twin.parameters(), lr=1e-2)
-    step = engine.adam_task_step(opt)
+    step = objectives.adam_task_step(opt)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     for i in range(3):  # the moments carry over from one call to the next, as in the released code
         x = torch.randn(8, 5)

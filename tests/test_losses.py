@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from tdfusion.losses import (fusion_loss, intensity_loss, max_gradient_loss, refusion_loss, tdfusion_loss,
+from tdfusion.meta.losses import (fusion_loss, intensity_loss, max_gradient_loss, refusion_loss, tdfusion_loss,
                              weighted_gradient_loss)
 from tdfusion.ops import sobel, sobel_magnitude
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tasks import create_task
-from tasks.seg import (SegmentationEvaluator, build_segformer, confusion_matrix, segmentation_loss,
+from tdfusion.tasks import create_task
+from tdfusion.tasks.seg import (SegmentationEvaluator, build_segformer, confusion_matrix, segmentation_loss,
                        segmentation_metrics, upsample_logits)
 from tdfusion.errors import TDFusionError
 
@@ -218,7 +218,7 @@ def test_builds_with_the_hub_offline_and_no_network():
         "import socket\n"
         "def no_net(*a, **k): raise OSError('network access attempted')\n"
         "socket.socket.connect = no_net; socket.create_connection = no_net; socket.getaddrinfo = no_net\n"
-        "from tasks import create_task\n"
+        "from tdfusion.tasks import create_task\n"
         "net = create_task('seg', {'num_classes': 9}).build_network()\n"
         "print(sum(p.numel() for p in net.parameters()), net.config.num_channels, net.config.hidden_sizes)\n"
     )

@@ -8,7 +8,7 @@
 * The exact banded executor (``tdfusion.chunked``) against the unchunked network, with
   band heights that force many bands, odd sizes and every border case; and against the
   published reference output of a real checkpoint.
-* The first-order meta-gradient (``tdfusion.metagrad``) against the engine's
+* The first-order meta-gradient (``tdfusion.meta.jvp``) against the engine's
   straightforward second-order formulation, float64, for the reconstruction and
   segmentation tasks and both loss forms.
 
@@ -242,8 +242,8 @@ def test_fuse_cli_rejects_impossible_memory_bound_before_writing(tmp_path):
 # ------------------------------------------------------------------------ meta-gradient
 
 def _meta_setup(task_name: str, form: str, intensity: str, fixed: bool = False):
-    from tasks import create_task
-    from tdfusion import engine
+    from tdfusion.tasks import create_task
+    from tdfusion.meta import objectives
 
     torch.manual_seed(13)
     fusion = _randomised(FusionNet(dim=4, num_blocks=1, heads=2), seed=14)
@@ -264,9 +264,9 @@ def _meta_setup(task_name: str, form: str, intensity: str, fixed: bool = False):
         return {"a": a, "b": b, "crop_a": ca, "crop_b": cb, "stems": ["s0", "s1"],
                 "mask": torch.randint(0, 3, (2, 16, 16), generator=g)}
 
-    settings = engine.LossSettings(form=form, intensity=intensity, fixed=fixed)
-    return (fusion, engine.params_of(fusion), lossgen, engine.params_of(lossgen), task, task_net,
-            engine.params_of(task_net), batch(12), batch(12), 0.05, 0.01, settings)
+    settings = objectives.LossSettings(form=form, intensity=intensity, fixed=fixed)
+    return (fusion, objectives.params_of(fusion), lossgen, objectives.params_of(lossgen), task, task_net,
+            objectives.params_of(task_net), batch(12), batch(12), 0.05, 0.01, settings)
 
 
 @pytest.mark.parametrize("task_name, form, intensity", [
@@ -276,11 +276,11 @@ def _meta_setup(task_name: str, form: str, intensity: str, fixed: bool = False):
     ("seg", "refusion", "paper"),
 ])
 def test_first_order_meta_gradient_equals_second_order(task_name, form, intensity):
-    from tdfusion import engine
-    from tdfusion.metagrad import meta_gradient_jvp
+    from tdfusion.meta import objectives
+    from tdfusion.meta.jvp import meta_gradient_jvp
 
     args = _meta_setup(task_name, form, intensity)
-    expected, logs = engine.meta_gradient(*args)
+    expected, logs = objectives.meta_gradient_second_order(*args)
     timings = {}
     got, got_logs = meta_gradient_jvp(*args, timings=timings)
     assert list(got) == list(expected)
@@ -293,11 +293,11 @@ def test_first_order_meta_gradient_equals_second_order(task_name, form, intensit
 
 
 def test_meta_gradient_with_fixed_weights_is_zero_in_both_formulations():
-    from tdfusion import engine
-    from tdfusion.metagrad import meta_gradient_jvp
+    from tdfusion.meta import objectives
+    from tdfusion.meta.jvp import meta_gradient_jvp
 
     args = _meta_setup("recon", "tdfusion", "paper", fixed=True)
-    expected, _ = engine.meta_gradient(*args)
+    expected, _ = objectives.meta_gradient_second_order(*args)
     got, _ = meta_gradient_jvp(*args)
     for name in expected:
         assert torch.count_nonzero(expected[name]) == 0 and torch.count_nonzero(got[name]) == 0

@@ -14,7 +14,7 @@ examples:
   tdfusion bench                                   # inference 256x256..1024x1280, meta iteration seg/det/recon
   tdfusion bench --tasks none --paths banded,module,plain --json bench.json
   tdfusion bench --sizes 3000x4000 --max-memory 4G --repeats 1 --warmup 0 --tasks none
-  tdfusion bench --tasks seg --meta-method jvp,plain --sizes none
+  tdfusion bench --tasks seg --meta-method jvp,second_order --sizes none
   tdfusion bench --sizes none --tasks none --data msrs_det --data-root ../shared/data/msrs_det
   tdfusion bench --sizes 480x640 --tasks seg --profile 10   # where the time goes, vs the machine's ceilings
   tdfusion bench --vs-official ReFusion.py --checkpoint ReFusion_IVIF.pth --a msrs/ir --b msrs/vi
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default="seg,det,recon", metavar="T,...",
                    help="meta iteration per task (recipe sizes, synthetic data), or 'none'")
     p.add_argument("--meta-method", default="jvp,fusion_step", metavar="M,...",
-                   help="jvp (first-order meta-gradient, what training uses), plain (second order "
+                   help="jvp (first-order meta-gradient, what training uses), second_order (double backward "
                         "through the inner gradient; slow and memory-hungry), fusion_step (one step of "
                         "F and T in the fusion phase)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false",
@@ -271,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = _sizes(args.sizes)
     paths = _names(args.paths, ("banded", "module", "plain"), "--paths")
     tasks = _names(args.tasks, ("seg", "det", "recon"), "--tasks")
-    methods = _names(args.meta_method, ("jvp", "plain", "fusion_step"), "--meta-method")
+    methods = _names(args.meta_method, ("jvp", "second_order", "fusion_step"), "--meta-method")
     # Redirected output would otherwise be cut to 80 columns and truncate the figures.
     console = Console() if sys.stdout.isatty() else Console(width=160)
     hw = bench.hardware(device)

@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import TDFusionError
-from .eval import add_common, build_split, eval_config, folder_names
 from . import SUMMARY
+from .common import add_source_arguments, config_for, folder_names
 
 EPILOG = """\
 For each source (ir, vis, the fused images of each --checkpoint, each --fused folder) and
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep the source folders here (grey images, targets, and each checkpoint's fuse "
                         "outputs) instead of a temporary folder")
     p.add_argument("--no-baselines", action="store_true", help="skip the ir-only and vis-only sources")
-    add_common(p)
+    add_source_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -65,6 +65,7 @@ def checkpoint_names(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
+    from ..data import build_split
     from ..comparison import ImageSource, compare, write_payload
     from ..device import resolve_device
     from ..downstream import downstream_settings, with_overrides
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     # --config/--dataset when given, else from the first checkpoint's run config.
     saved = None if (args.config or args.dataset) else next(
         (c for c in ckpts if c.get("extra", {}).get("config")), None)
-    cfg = eval_config(args, saved)
+    cfg = config_for(args, saved)
     if args.task:
         cfg["task"] = {**cfg["task"], "name": args.task}
     section = dict(cfg.get("downstream") or {})

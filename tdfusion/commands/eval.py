@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import TDFusionError
 from . import SUMMARY
+from .common import add_source_arguments, config_for, folder_names
 
 EPILOG = """\
 examples:
@@ -35,70 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", metavar="NAME", help="task: seg, det, recon (default: the checkpoint's)")
-    p.add_argument("--dataset", metavar="NAME", help="dataset or recipe name (default: the checkpoint's)")
-    p.add_argument("--data-root", metavar="DIR", help="dataset root folder")
-    p.add_argument("--config", metavar="YAML", help="run config (default: the checkpoint's, else the recipe)")
-    p.add_argument("--device", metavar="DEV", help="cuda, cpu (default: cuda when available)")
-    p.add_argument("--fused", nargs="+", default=[], metavar="DIR", help="folders of fused images of other methods")
-    p.add_argument("--names", nargs="+", default=None, metavar="NAME", help="names for the --fused folders")
-    p.add_argument("--limit", type=int, metavar="N", help="evaluate at most N test pairs")
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    p.add_argument("--csv", metavar="PATH", help="write the results as CSV")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="PATH", help="tdfusion checkpoint holding the task network (and F)")
     p.add_argument("--task-weights", metavar="PATH", help="task network weights instead of a checkpoint's")
     p.add_argument("--no-baselines", action="store_true", help="skip the ir-only and vis-only rows")
-    add_common(p)
-
-
-def folder_names(args: argparse.Namespace) -> list[str]:
-    names = args.names or [Path(d).name for d in args.fused]
-    if len(names) != len(args.fused):
-        raise TDFusionError(f"--names gives {len(names)} names for {len(args.fused)} --fused folders")
-    if len(set(names)) != len(names):
-        raise TDFusionError(f"--names must be distinct: {' '.join(names)}")
-    return names
-
-
-def eval_config(args: argparse.Namespace, ckpt: dict | None) -> dict:
-    """Config from --config, else the checkpoint's, else the recipe; then the flags."""
-    from ..config import apply_overrides, load_config, set_key, validate
-    from .train import resolve_config
-
-    schema = load_config(None)
-    saved = (ckpt or {}).get("extra", {}).get("config")
-    if args.config or not saved:
-        ns = argparse.Namespace(config=args.config, task=args.task, dataset=args.dataset, data_root=args.data_root,
-                                out=None, device=args.device, epochs=None, task_weights=None, resume=None,
-                                preset=None, overrides=args.overrides)
-        cfg, _ = resolve_config(ns)
-        return cfg
-    from .train import with_new_keys
-
-    cfg = with_new_keys(saved, schema)
-    for flag, key in (("task", "task.name"), ("dataset", "dataset.name"), ("data_root", "dataset.root"),
-                      ("device", "train.device")):
-        if getattr(args, flag) is not None:
-            set_key(cfg, key, getattr(args, flag))
-    cfg = apply_overrides(cfg, args.overrides, schema)
-    validate(cfg, schema)
-    return cfg
-
-
-def build_split(cfg: dict, split_key: str):
-    from ..data import build_dataset
-
-    ds = cfg["dataset"]
-    try:
-        return build_dataset(ds["name"], ds["root"], ds[split_key], cache=bool(cfg["data"].get("cache")),
-                             **dict(ds.get("options") or {}))
-    except TypeError as exc:
-        raise TDFusionError(f"dataset {ds['name']!r}: bad option ({exc})") from None
+    add_source_arguments(p)
 
 
 def emit(results: dict, args: argparse.Namespace, title: str, extra: dict | None = None) -> None:
@@ -116,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..checkpoint import load_checkpoint, load_module
+    from ..data import build_split
     from ..device import resolve_device
     from ..evaluate import evaluate_sources, fused_folder_source, fusion_source, input_source
     from ..train import build_task
@@ -127,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise TDFusionError(f"{args.checkpoint}: checkpoint of task {ckpt['task']['name']!r}, not {args.task!r}")
     if ckpt is not None and "task" not in ckpt and not args.task_weights:
         raise TDFusionError(f"{args.checkpoint}: holds no task network; pass --task-weights")
-    cfg = eval_config(args, ckpt)
+    cfg = config_for(args, ckpt)
     device = resolve_device(args.device or cfg["train"]["device"])
     test_set = build_split(cfg, "test_split")
     if len(test_set) == 0:

@@ -4,16 +4,16 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 from rich.console import Console
 from rich.table import Table
 
 from ..errors import TDFusionError
-from ..metrics.evaluate import METRIC_NAMES, mean_metrics
-from ..metrics.folders import MethodInput, evaluate_jobs, plan_jobs, write_csv, write_json
-from ..progress import progress_bar
+from ..metrics.evaluate import METRIC_NAMES
+from ..metrics.folders import write_csv, write_json
 from . import SUMMARY
+from .common import add_input_arguments, compute_metrics
 
 EPILOG = """\
 examples:
@@ -47,33 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_input_arguments(p: argparse.ArgumentParser) -> None:
-    """``--a``, ``--b``, ``--fused``, ``--names``: shared with ``tdfusion report``."""
-    p.add_argument("--a", required=True, metavar="PATH",
-                   help="first source: a folder (or one image) - infrared, CT/PET, near focus, under-exposed")
-    p.add_argument("--b", required=True, metavar="PATH",
-                   help="second source: a folder (or one image) - visible, MRI, far focus, over-exposed")
-    p.add_argument("--fused", required=True, nargs="+", metavar="PATH",
-                   help="one folder (or image) of fused results per method")
-    p.add_argument("--names", nargs="+", metavar="NAME",
-                   help="display name per --fused entry (default: the folder name)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="score each method on the fused images it has, naming those it lacks (default: a "
-                        "missing fused image is an error); the 'images' column shows the counts")
-
-
-def method_inputs(fused: Sequence[str], names: Sequence[str] | None) -> list[MethodInput]:
-    """Pair ``--fused`` paths with ``--names`` (default: each path's folder/file stem)."""
-    if names is not None and len(names) != len(fused):
-        raise TDFusionError(f"--names: {len(names)} name(s) given for {len(fused)} --fused path(s)")
-    out = []
-    for i, path in enumerate(fused):
-        p = Path(path)
-        default = p.stem if p.is_file() else (p.resolve().name or str(p))
-        out.append(MethodInput(names[i] if names else default, p))
-    return out
-
-
 def results_table(results: Mapping, title: str | None = None) -> Table:
     """Methods as rows, metric means as columns; the best value per column in bold green,
     only where it differs from the others at the 4 decimals shown."""
@@ -97,31 +70,12 @@ def results_table(results: Mapping, title: str | None = None) -> Table:
     return table
 
 
-def compute(args: argparse.Namespace, description: str = "metrics") -> dict:
-    """Validate the inputs, then score every image with a progress bar; returns the results."""
-    methods = method_inputs(args.fused, args.names)
-    missing: list[tuple[str, str]] | None = [] if getattr(args, "allow_missing", False) else None
-    jobs = plan_jobs(args.a, args.b, methods, missing=missing)
-    for method in dict.fromkeys(m for m, _ in missing or []):
-        stems = [s for m, s in missing if m == method]
-        shown = ", ".join(stems[:10]) + (f" and {len(stems) - 10} more" if len(stems) > 10 else "")
-        print(f"note: {method}: {len(stems)} fused image(s) missing, scored without them: {shown}")
-    if not jobs:
-        raise TDFusionError("no fused image to score")
-    show = not getattr(args, "quiet", False) and len(jobs) > 1
-    with progress_bar(len(jobs), description, enabled=show) as advance:
-        per_method = evaluate_jobs(jobs, args.workers, "sum" if args.vif_sum else "mean",
-                                   on_done=lambda job: advance())
-    return {name: {"mean": mean_metrics(per_image), "per_image": per_image}
-            for name, per_image in per_method.items()}
-
-
 def run(args: argparse.Namespace) -> int:
     for opt in ("json", "csv"):
         target = getattr(args, opt)
         if target and Path(target).is_dir():
             raise TDFusionError(f"{target}: is a folder; --{opt} needs a file path")
-    results = compute(args)
+    results = compute_metrics(args)
     if args.json:
         write_json(results, args.json)
     if args.csv:

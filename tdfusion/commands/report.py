@@ -12,8 +12,8 @@ from ..io import read_image
 from ..metrics.folders import Job, plan_jobs
 from ..progress import progress_bar
 from ..report import ReportEntry, check_destination, provenance, write_report
-from .metrics import add_input_arguments, compute, method_inputs
 from . import SUMMARY
+from .common import add_input_arguments, compute_metrics, method_inputs
 
 EPILOG = """\
 examples:
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         if x >= w or y >= h:
             raise TDFusionError(f"--crop {x},{y}: outside the {w}x{h} image {jobs[0].a}")
     weight_maps = _weight_map_fn(args.checkpoint, args.device) if args.checkpoint else None
-    results = None if args.no_metrics else compute(args, "metrics")
+    results = None if args.no_metrics else compute_metrics(args, "metrics")
     notes = ["Metrics on 8-bit luminance (OpenCV RGB->GRAY, rounded); all higher-is-better; "
              f"VIF {'summed' if args.vif_sum else 'averaged'} over the two sources. "
              "Definitions: docs/metrics.md of tdfusion."] if results else []

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import apply_overrides, find_recipe, load_config, set_key, validate
+from .. import run_folder
+from ..config import FLAG_KEYS, resolve
 from ..errors import TDFusionError
 from . import SUMMARY
 
@@ -59,87 +60,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_config(args: argparse.Namespace) -> tuple[dict, Path | None]:
     """The run config from the arguments; also the checkpoint to resume from, if any."""
-    schema = load_config(None)
-    resume_ckpt = None
-    if args.resume is not None:
-        resume_ckpt = _resume_path(args)
-    if args.config:
-        cfg = load_config(args.config)
-        try:
-            validate(cfg, schema)
-        except TDFusionError as exc:  # name the file; errors of the overrides below name the override
-            raise TDFusionError(f"{args.config}: {exc}") from None
-    elif resume_ckpt is not None:
+    resume_ckpt = _resume_path(args) if args.resume is not None else None
+    saved = None
+    if resume_ckpt is not None and not args.config:
         from ..checkpoint import load_checkpoint
 
         extra = load_checkpoint(resume_ckpt).get("extra")
-        cfg = extra.get("config") if isinstance(extra, dict) else None
-        if not isinstance(cfg, dict) or not cfg:
+        saved = extra.get("config") if isinstance(extra, dict) else None
+        if not isinstance(saved, dict) or not saved:
             raise TDFusionError(f"{resume_ckpt}: holds no run config; pass --config")
-        cfg = with_new_keys(cfg, schema)
-    elif args.dataset:
-        recipe = find_recipe(args.dataset, args.task)
-        cfg = load_config(recipe) if recipe else _plain(schema, args.dataset)
-    else:
-        cfg = load_config(None)
-    preset = getattr(args, "preset", None)
-    if preset:
-        if resume_ckpt is not None and not args.config:
-            raise TDFusionError("--preset applies to a new run; a resumed run keeps its own config")
-        cfg = apply_preset(cfg, preset, schema)
-    for flag, key in (("task", "task.name"), ("data_root", "dataset.root"), ("out", "run.out"),
-                      ("device", "train.device"), ("epochs", "train.epochs"), ("task_weights", "task.weights"),
-                      ("trust_weights", "task.trust_weights"), ("deterministic", "train.deterministic")):
-        value = getattr(args, flag, None)  # callers such as eval build a Namespace without every flag
-        if value is not None:
-            set_key(cfg, key, value)
-    if args.dataset and not args.config and resume_ckpt is None and not find_recipe(args.dataset, args.task):
-        set_key(cfg, "dataset.name", args.dataset)
-    cfg = apply_overrides(cfg, args.overrides, schema)
-    validate(cfg, schema)
+    flags = {flag: getattr(args, flag, None) for flag in FLAG_KEYS}
+    cfg = resolve(args.config, dataset=None if saved else args.dataset, saved=saved, preset=args.preset,
+                  overrides=args.overrides, **flags)
     return cfg, resume_ckpt
-
-
-def with_new_keys(saved: dict, schema: dict) -> dict:
-    """A run config saved by an earlier version, with the keys added since at their defaults
-    (their defaults keep the earlier behaviour)."""
-    from ..config import merge
-
-    return merge(schema, saved)
-
-
-def preset_names() -> list[str]:
-    from ..config import CONFIG_DIR
-
-    return sorted(p.stem for p in (CONFIG_DIR / "presets").glob("*.yaml"))
-
-
-def apply_preset(cfg: dict, name: str, schema: dict) -> dict:
-    """``cfg`` with ``configs/presets/<name>.yaml`` merged over it (the preset wins)."""
-    from ..config import CONFIG_DIR, merge
-
-    path = CONFIG_DIR / "presets" / f"{name}.yaml"
-    if not path.is_file():
-        raise TDFusionError(f"unknown preset {name!r}; available: {', '.join(preset_names()) or 'none'}")
-    overlay = load_config(path)
-    try:
-        validate(overlay, schema)
-    except TDFusionError as exc:
-        raise TDFusionError(f"{path}: {exc}") from None
-    return merge(cfg, overlay)
-
-
-def _plain(schema: dict, dataset: str) -> dict:
-    cfg = dict(schema)
-    cfg["dataset"] = {**schema["dataset"], "name": dataset}
-    return cfg
 
 
 def _resume_path(args: argparse.Namespace) -> Path:
     target = Path(args.resume) if args.resume else (Path(args.out) if args.out else None)
     if target is None:
         raise TDFusionError("--resume needs a run folder or checkpoint (or --out)")
-    path = target / "last.pt" if target.is_dir() else target
+    path = target / run_folder.LAST if target.is_dir() else target
     if not path.is_file():
         raise TDFusionError(f"{path}: no checkpoint to resume from")
     return path
@@ -155,7 +95,7 @@ def run_dir_for(cfg: dict, resume_ckpt: Path | None) -> Path:
         name = recipe.get("dataset") or cfg["dataset"]["name"]
         base = Path("runs") / f"{name}_{cfg['task']['name']}"
     out, k = base, 2
-    while (out / "last.pt").exists():  # never overwrite a finished or killed run
+    while (out / run_folder.LAST).exists():  # never overwrite a finished or killed run
         out = base.with_name(f"{base.name}_{k}")
         k += 1
     return out
@@ -198,4 +138,4 @@ def _print_summary(summary: dict) -> None:
         if isinstance(v, (int, float)) and k != "epoch":
             table.add_row(f"test {k}", f"{v:.4g}")
     Console().print(table)
-    print(f"checkpoint: {summary['run']}/last.pt   samples: {summary['run']}/samples/")
+    print(f"checkpoint: {summary['run']}/{run_folder.LAST}   samples: {summary['run']}/{run_folder.SAMPLES}/")

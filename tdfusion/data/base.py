@@ -5,9 +5,11 @@ resolution plus the targets. What the engine trains on is a *view* of a sample
 (:mod:`tdfusion.data.views`): a random crop for the fusion loss and the whole image
 resized to the task's input size, targets transformed alike.
 
-Target conventions (the only place that knows geometry is :mod:`tdfusion.data.views`):
+Target conventions: one entry per target kind (:mod:`tdfusion.data.targets`, which
+also says how each follows crops, resizes, flips and batching):
 * ``"mask"``: ``(H, W)`` int64 class ids;
-* ``"boxes"``: ``(N, 5)`` float32 rows ``(class, cx, cy, w, h)``, normalised to [0, 1].
+* ``"boxes"``: ``(N, 5)`` float32 rows ``(class, cx, cy, w, h)``, normalised to [0, 1];
+* ``"dense"`` or a registered name: ``(H, W)`` float32 maps (depth, saliency, edges).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ class PairDataset(Dataset):
     JPEGs, is slower than a training step; each data-loader worker has its own cache).
     """
 
-    #: "none", "mask" or "boxes": the targets this dataset provides.
+    #: "none", "mask", "boxes" or another registered target kind: the targets this dataset provides.
     target_kind: str = "none"
 
     def __init__(self, cache: bool = False):

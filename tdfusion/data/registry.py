@@ -7,18 +7,17 @@ A builder takes ``(root, split, **options)`` and returns a
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 from typing import Any, Callable
 
 from ..errors import TDFusionError
+from ..registry import Registry
 from .base import PairDataset
 
-__all__ = ["available_datasets", "build_dataset", "dataset_builder", "dataset_options", "register_dataset"]
+__all__ = ["DATASETS", "available_datasets", "build_dataset", "build_split", "dataset_builder", "dataset_options",
+           "register_dataset"]
 
-_BUILDERS: dict[str, Callable[..., PairDataset]] = {}
-# Datasets whose builders live in modules with heavy or optional imports.
-_LAZY: dict[str, str] = {}
+DATASETS: Registry[Callable[..., PairDataset]] = Registry("dataset", entry_point_group="tdfusion.datasets")
 # Folder options are spelt dir_a/dir_b by the pair and detection datasets and a_dir/b_dir/
 # label_dir by the segmentation ones; either spelling is accepted everywhere.
 _ALIASES = {"a_dir": "dir_a", "dir_a": "a_dir", "b_dir": "dir_b", "dir_b": "b_dir",
@@ -29,30 +28,23 @@ def register_dataset(name: str, lazy_module: str | None = None, serves: str | No
     """Decorator registering a dataset builder under ``name`` (case-insensitive).
 
     ``serves``: the tasks the dataset's targets serve (``tdfusion data list`` shows it),
-    e.g. ``"seg"``; by default derived from nothing and shown as ``-``.
+    e.g. ``"seg"``. ``lazy_module``: declare the name now, import the module (whose
+    decorator registers it) on first use.
     """
+    if lazy_module is not None:
+        DATASETS.declare(name, lazy_module)
+        return None
 
     def wrap(fn):
         fn.serves = serves or getattr(fn, "serves", None)
-        _BUILDERS[name.lower()] = fn
-        return fn
+        return DATASETS.register(name)(fn)
 
-    if lazy_module is not None:  # declare without importing
-        _LAZY[name.lower()] = lazy_module
-        return None
     return wrap
 
 
 def dataset_builder(name: str) -> Callable[..., PairDataset]:
     """The registered builder of ``name`` (importing its module if it is declared lazily)."""
-    key = name.lower()
-    if key not in _BUILDERS and key in _LAZY:
-        importlib.import_module(_LAZY[key])
-    if key not in _BUILDERS:
-        close = difflib.get_close_matches(key, available_datasets(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise TDFusionError(f"unknown dataset {name!r}{hint} available: {', '.join(available_datasets())}")
-    return _BUILDERS[key]
+    return DATASETS.get(name)
 
 
 def dataset_options(name: str) -> dict[str, Any]:
@@ -86,5 +78,17 @@ def build_dataset(name: str, root: str | None = None, split: str = "train", *, c
     return builder(root, split, **options)
 
 
-def available_datasets() -> list[str]:
-    return sorted(set(_BUILDERS) | set(_LAZY))
+def build_split(cfg: dict, split_key: str = "test_split") -> PairDataset:
+    """The dataset a run config names, split ``cfg["dataset"][split_key]`` (``train_split`` or
+    ``test_split``), with its options and ``data.cache``."""
+    ds = cfg["dataset"]
+    try:
+        return build_dataset(ds["name"], ds["root"], ds[split_key], cache=bool(cfg["data"].get("cache")),
+                             **dict(ds.get("options") or {}))
+    except TypeError as exc:
+        raise TDFusionError(f"dataset {ds['name']!r}: bad option ({exc})") from None
+
+
+def available_datasets(pattern: str | None = None) -> list[str]:
+    """Registered dataset names; ``pattern`` filters shell-style."""
+    return DATASETS.names(pattern)

@@ -14,61 +14,28 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import torch
 
 from .base import Sample
+from .targets import TARGET_KINDS, resize_image
 
 __all__ = ["collate", "eval_view", "swap_sources", "to_device", "train_view"]
 
 
-def _resize(img: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    h, w = size
-    if img.shape[:2] == (h, w):
-        return img
-    if nearest:
-        interp = cv2.INTER_NEAREST
-    else:
-        interp = cv2.INTER_AREA if h * w < img.shape[0] * img.shape[1] else cv2.INTER_LINEAR
-    return cv2.resize(img, (w, h), interpolation=interp)
+def _kinds(target: dict) -> dict:
+    """The target kind of each entry of a sample's target dict."""
+    return {key: TARGET_KINDS.get(key) for key in target}
 
 
 def _resize_sample(s: Sample, size: tuple[int, int]) -> Sample:
-    target = dict(s.target)
-    if "mask" in target:
-        target["mask"] = _resize(target["mask"].astype(np.int32), size, nearest=True)
-    # Normalised boxes are invariant under a plain resize.
-    return Sample(_resize(s.a, size), _resize(s.b, size), s.stem, target)
+    target = {k: kind.resize(s.target[k], size) for k, kind in _kinds(s.target).items()}
+    return Sample(resize_image(s.a, size), resize_image(s.b, size), s.stem, target)
 
 
 def _hflip(s: Sample) -> Sample:
-    target = dict(s.target)
-    if "mask" in target:
-        target["mask"] = target["mask"][:, ::-1]
-    if "boxes" in target and len(target["boxes"]):
-        boxes = target["boxes"].copy()
-        boxes[:, 1] = 1.0 - boxes[:, 1]
-        target["boxes"] = boxes
+    target = {k: kind.hflip(s.target[k]) for k, kind in _kinds(s.target).items()}
     return Sample(s.a[:, ::-1], s.b[:, ::-1], s.stem, target)
-
-
-def _crop_boxes(boxes: np.ndarray, size: tuple[int, int], top: int, left: int, c: int,
-                min_visible: float = 0.2) -> np.ndarray:
-    """Clip normalised boxes to a crop window; drop boxes mostly outside it."""
-    if not len(boxes):
-        return boxes.reshape(0, 5)
-    h, w = size
-    x1 = (boxes[:, 1] - boxes[:, 3] / 2) * w - left
-    y1 = (boxes[:, 2] - boxes[:, 4] / 2) * h - top
-    x2 = (boxes[:, 1] + boxes[:, 3] / 2) * w - left
-    y2 = (boxes[:, 2] + boxes[:, 4] / 2) * h - top
-    area = np.maximum(x2 - x1, 1e-9) * np.maximum(y2 - y1, 1e-9)
-    cx1, cy1, cx2, cy2 = (np.clip(v, 0, c) for v in (x1, y1, x2, y2))
-    kept = ((cx2 - cx1) * (cy2 - cy1) >= min_visible * area) & (cx2 - cx1 >= 2) & (cy2 - cy1 >= 2)
-    out = np.stack([boxes[:, 0], (cx1 + cx2) / 2 / c, (cy1 + cy2) / 2 / c,
-                    (cx2 - cx1) / c, (cy2 - cy1) / c], axis=1)
-    return out[kept].astype(np.float32)
 
 
 def _crop(s: Sample, c: int, rng: np.random.Generator) -> Sample:
@@ -79,11 +46,7 @@ def _crop(s: Sample, c: int, rng: np.random.Generator) -> Sample:
         h, w = s.a.shape
     top = int(rng.integers(0, h - c + 1))
     left = int(rng.integers(0, w - c + 1))
-    target = dict(s.target)
-    if "mask" in target:
-        target["mask"] = target["mask"][top:top + c, left:left + c]
-    if "boxes" in target:
-        target["boxes"] = _crop_boxes(target["boxes"], (h, w), top, left, c)
+    target = {k: kind.crop(s.target[k], (h, w), top, left, c) for k, kind in _kinds(s.target).items()}
     win = (slice(top, top + c), slice(left, left + c))
     return Sample(s.a[win], s.b[win], s.stem, target)
 
@@ -94,11 +57,8 @@ def _tensor(img: np.ndarray) -> torch.Tensor:
 
 def _pack(s: Sample, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {f"{prefix}a": _tensor(s.a), f"{prefix}b": _tensor(s.b)}
-    if not prefix:
-        if "mask" in s.target:
-            out["mask"] = torch.from_numpy(np.ascontiguousarray(s.target["mask"], dtype=np.int64))
-        if "boxes" in s.target:
-            out["boxes"] = torch.from_numpy(np.asarray(s.target["boxes"], np.float32).reshape(-1, 5))
+    if not prefix:  # targets go with the task view only
+        out.update({k: kind.pack(s.target[k]) for k, kind in _kinds(s.target).items()})
     return out
 
 
@@ -124,15 +84,15 @@ def eval_view(sample: Sample, task_size: Sequence[int] | None) -> dict[str, Any]
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack views into a batch; boxes become ``(N, 6)`` rows ``(image, class, cx, cy, w, h)``."""
+    """Stack views into a batch; each target kind batches its own (boxes become ``(N, 6)``
+    rows ``(image, class, cx, cy, w, h)``)."""
     batch: dict[str, Any] = {"stems": [it["stem"] for it in items]}
-    for key in ("crop_a", "crop_b", "a", "b", "mask"):
+    for key in ("crop_a", "crop_b", "a", "b"):
         if key in items[0]:
             batch[key] = torch.stack([it[key] for it in items])
-    if "boxes" in items[0]:
-        rows = [torch.cat([torch.full((len(it["boxes"]), 1), float(i)), it["boxes"]], 1)
-                for i, it in enumerate(items)]
-        batch["boxes"] = torch.cat(rows) if rows else torch.zeros(0, 6)
+    for key in items[0]:
+        if key in TARGET_KINDS:
+            batch[key] = TARGET_KINDS.get(key).collate([it[key] for it in items])
     if "size" in items[0]:
         batch["sizes"] = [it["size"] for it in items]
     return batch
@@ -150,12 +110,9 @@ def swap_sources(batch: dict[str, Any]) -> dict[str, Any]:
         if x in batch:
             out[x] = torch.cat([batch[x], batch[y]])
             out[y] = torch.cat([batch[y], batch[x]])
-    if "mask" in batch:
-        out["mask"] = torch.cat([batch["mask"], batch["mask"]])
-    if "boxes" in batch:
-        shifted = batch["boxes"].clone()
-        shifted[:, 0] += n
-        out["boxes"] = torch.cat([batch["boxes"], shifted])
+    for key in batch:
+        if key in TARGET_KINDS:
+            out[key] = TARGET_KINDS.get(key).swap(batch[key], n)
     out["stems"] = list(batch["stems"]) * 2
     if "sizes" in batch:
         out["sizes"] = list(batch["sizes"]) * 2

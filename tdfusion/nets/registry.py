@@ -1,33 +1,27 @@
-"""One registry of network constructors, looked up by name (timm style)."""
+"""Networks by name (timm style): ``create_model(name, **config)``."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from torch import nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+from ..registry import Registry
+
+__all__ = ["MODELS", "create_model", "list_models", "register_model"]
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", entry_point_group="tdfusion.models")
 
 
 def register_model(name: str) -> Callable:
     """Class/function decorator that makes ``create_model(name, **config)`` build it."""
-
-    def wrap(fn):
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = fn
-        return fn
-
-    return wrap
+    return MODELS.register(name)
 
 
 def create_model(name: str, **config: Any) -> nn.Module:
     """Build a registered network from its name and keyword configuration."""
-    try:
-        factory = _MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_MODELS))}") from None
-    return factory(**config)
+    return MODELS.get(name)(**config)
 
 
-def list_models() -> list[str]:
-    return sorted(_MODELS)
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered network names; ``pattern`` filters shell-style."""
+    return MODELS.names(pattern)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops import sobel
+from ..ops import sobel
 
 __all__ = ["FUSION_LOSSES", "fusion_loss", "intensity_loss", "max_gradient_loss",
            "refusion_loss", "tdfusion_loss", "weighted_gradient_loss"]

@@ -1,9 +1,9 @@
-"""The meta-learning engine: Algorithm 1 of TDFusion and ReFusion, task-agnostic.
+"""The meta-learning objectives and updates: Algorithm 1 of TDFusion and ReFusion, task-agnostic.
 
 Everything here is a pure function of parameter dicts, run through
 :func:`torch.func.functional_call`; no module is mutated during the meta phase and
 nothing touches the disk. The downstream task enters only through a
-:class:`tasks.TaskHead` (its ``loss``), so the same code serves segmentation,
+:class:`tdfusion.tasks.TaskHead` (its ``loss``), so the same code serves segmentation,
 detection and reconstruction.
 
 One meta iteration (learning of G):
@@ -35,7 +35,7 @@ from .losses import FUSION_LOSSES, fusion_loss
 
 __all__ = [
     "LossSettings", "Params", "TaskStep", "adam_task_step", "fixed_weights", "fusion_objective", "loss_weights",
-    "inner_update", "meta_gradient", "meta_objective", "params_of", "task_inner_update", "task_objective", "trainable",
+    "inner_update", "meta_gradient_second_order", "meta_objective", "params_of", "task_inner_update", "task_objective", "trainable",
 ]
 
 Params = dict[str, torch.Tensor]
@@ -203,7 +203,7 @@ def meta_objective(fusion_net: nn.Module, f_stepped: Mapping[str, torch.Tensor],
     return task_objective(task, task_net, t_stepped, fused, batch, copy_buffers=True)
 
 
-def meta_gradient(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor], lossgen: nn.Module,
+def meta_gradient_second_order(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor], lossgen: nn.Module,
                   g_params: Mapping[str, torch.Tensor], task, task_net: nn.Module,
                   t_params: Mapping[str, torch.Tensor], train_batch: Mapping[str, Any],
                   test_batch: Mapping[str, Any], inner_lr: float, task_inner_lr: float | TaskStep,

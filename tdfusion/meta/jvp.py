@@ -1,6 +1,6 @@
 """The meta-gradient of G without differentiating through a gradient (same value, less work).
 
-The straightforward meta iteration (:func:`tdfusion.engine.meta_gradient`) builds the
+The straightforward meta iteration (:func:`tdfusion.meta.objectives.meta_gradient_second_order`) builds the
 inner gradient ``g = dL_f/dtheta_F`` with ``create_graph=True`` and backpropagates the
 outer task loss through it: a second-order pass through the whole fusion network that
 keeps every intermediate of the forward AND of the backward pass alive.
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from .engine import (LossSettings, Params, TaskStep, loss_weights, meta_logs, task_inner_update,
+from .objectives import (LossSettings, Params, TaskStep, loss_weights, meta_logs, task_inner_update,
                      task_objective, trainable)
 from .losses import fusion_loss
 
@@ -58,7 +58,7 @@ def meta_gradient_jvp(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor
                       test_batch: Mapping[str, Any], inner_lr: float, task_inner_lr: "float | TaskStep",
                       settings: LossSettings, reduce_grads=None,
                       timings: dict[str, float] | None = None) -> tuple[Params, dict[str, float]]:
-    """Drop-in for :func:`tdfusion.engine.meta_gradient`: same arguments, same result.
+    """Drop-in for :func:`tdfusion.meta.objectives.meta_gradient_second_order`: same arguments, same result.
 
     ``reduce_grads`` (optional) averages gradient lists across data-parallel processes; it
     is applied to the inner gradient of F and T, to ``u`` and to the result, which gives

@@ -1,0 +1,102 @@
+"""Argument groups and helpers shared by commands (commands do not import each other)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import TDFusionError
+
+__all__ = ["add_input_arguments", "add_source_arguments", "compute_metrics", "config_for", "folder_names",
+           "method_inputs"]
+
+
+# -- eval and compare ------------------------------------------------------------------
+
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """Task, data and --fused folders: the arguments of ``eval`` and ``compare``."""
+    p.add_argument("--task", metavar="NAME", help="task: seg, det, recon (default: the checkpoint's)")
+    p.add_argument("--dataset", metavar="NAME", help="dataset or recipe name (default: the checkpoint's)")
+    p.add_argument("--data-root", metavar="DIR", help="dataset root folder")
+    p.add_argument("--config", metavar="YAML", help="run config (default: the checkpoint's, else the recipe)")
+    p.add_argument("--device", metavar="DEV", help="cuda, cpu (default: cuda when available)")
+    p.add_argument("--fused", nargs="+", default=[], metavar="DIR", help="folders of fused images of other methods")
+    p.add_argument("--names", nargs="+", default=None, metavar="NAME", help="names for the --fused folders")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate at most N test pairs")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--csv", metavar="PATH", help="write the results as CSV")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def folder_names(args: argparse.Namespace) -> list[str]:
+    names = args.names or [Path(d).name for d in args.fused]
+    if len(names) != len(args.fused):
+        raise TDFusionError(f"--names gives {len(names)} names for {len(args.fused)} --fused folders")
+    if len(set(names)) != len(names):
+        raise TDFusionError(f"--names must be distinct: {' '.join(names)}")
+    return names
+
+
+def config_for(args: argparse.Namespace, ckpt: dict | None) -> dict:
+    """The config of ``eval``/``compare``: --config, else the checkpoint's, else the recipe;
+    then the flags and overrides."""
+    from ..config import resolve
+
+    saved = (ckpt or {}).get("extra", {}).get("config") or None
+    return resolve(args.config, dataset=args.dataset, saved=None if args.config else saved, overrides=args.overrides,
+                   task=args.task, data_root=args.data_root, device=args.device)
+
+
+# -- metrics and report ----------------------------------------------------------------
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """``--a``, ``--b``, ``--fused``, ``--names``: shared with ``tdfusion report``."""
+    p.add_argument("--a", required=True, metavar="PATH",
+                   help="first source: a folder (or one image) - infrared, CT/PET, near focus, under-exposed")
+    p.add_argument("--b", required=True, metavar="PATH",
+                   help="second source: a folder (or one image) - visible, MRI, far focus, over-exposed")
+    p.add_argument("--fused", required=True, nargs="+", metavar="PATH",
+                   help="one folder (or image) of fused results per method")
+    p.add_argument("--names", nargs="+", metavar="NAME",
+                   help="display name per --fused entry (default: the folder name)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score each method on the fused images it has, naming those it lacks (default: a "
+                        "missing fused image is an error); the 'images' column shows the counts")
+
+
+def method_inputs(fused: Sequence[str], names: Sequence[str] | None) -> list:
+    """Pair ``--fused`` paths with ``--names`` (default: each path's folder/file stem):
+    a list of :class:`~tdfusion.metrics.folders.MethodInput`."""
+    from ..metrics.folders import MethodInput
+
+    if names is not None and len(names) != len(fused):
+        raise TDFusionError(f"--names: {len(names)} name(s) given for {len(fused)} --fused path(s)")
+    out = []
+    for i, path in enumerate(fused):
+        p = Path(path)
+        default = p.stem if p.is_file() else (p.resolve().name or str(p))
+        out.append(MethodInput(names[i] if names else default, p))
+    return out
+
+
+def compute_metrics(args: argparse.Namespace, description: str = "metrics") -> dict:
+    """Validate the inputs, then score every image with a progress bar; returns the results."""
+    from ..metrics.evaluate import mean_metrics
+    from ..metrics.folders import evaluate_jobs, plan_jobs
+    from ..progress import progress_bar
+
+    methods = method_inputs(args.fused, args.names)
+    missing: list[tuple[str, str]] | None = [] if getattr(args, "allow_missing", False) else None
+    jobs = plan_jobs(args.a, args.b, methods, missing=missing)
+    for method in dict.fromkeys(m for m, _ in missing or []):
+        stems = [s for m, s in missing if m == method]
+        shown = ", ".join(stems[:10]) + (f" and {len(stems) - 10} more" if len(stems) > 10 else "")
+        print(f"note: {method}: {len(stems)} fused image(s) missing, scored without them: {shown}")
+    if not jobs:
+        raise TDFusionError("no fused image to score")
+    show = not getattr(args, "quiet", False) and len(jobs) > 1
+    with progress_bar(len(jobs), description, enabled=show) as advance:
+        per_method = evaluate_jobs(jobs, args.workers, "sum" if args.vif_sum else "mean",
+                                   on_done=lambda job: advance())
+    return {name: {"mean": mean_metrics(per_image), "per_image": per_image}
+            for name, per_image in per_method.items()}
