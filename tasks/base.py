@@ -64,6 +64,33 @@ class TaskHead:
                              f"known: {', '.join(sorted(known))}")
         self.config = {**known, **config}
 
+    @classmethod
+    def for_dataset(cls, config: Mapping[str, Any] | None, dataset: Any = None) -> "TaskHead":
+        """The task configured for ``dataset``: what the config leaves open and the dataset
+        knows is taken from it (``num_classes`` and ``class_names`` from ``dataset.classes``,
+        ``ignore_index`` from ``dataset.ignore_index``), for the keys this task has.
+
+        A task with other dataset-given settings overrides this. Raises ``ValueError`` when
+        the config contradicts the dataset's label convention.
+        """
+        cfg = dict(config or {})
+        classes = list(getattr(dataset, "classes", []) or [])
+        if "num_classes" in cls.defaults and cfg.get("num_classes") is None and classes:
+            cfg["num_classes"] = len(classes)
+        if "class_names" in cls.defaults and cfg.get("class_names") is None and classes:
+            cfg["class_names"] = classes
+        # The dataset's label convention is the one the labels were checked against: a task
+        # that ignored another value would train on (or score) pixels the dataset marks void.
+        if "ignore_index" in cls.defaults and hasattr(dataset, "ignore_index"):
+            if "ignore_index" not in cfg:
+                cfg["ignore_index"] = dataset.ignore_index
+            elif cfg["ignore_index"] != dataset.ignore_index:
+                raise ValueError(
+                    f"task.ignore_index {cfg['ignore_index']} differs from the dataset's ignore_index "
+                    f"{dataset.ignore_index} ({getattr(dataset, 'name', type(dataset).__name__)}): set one value "
+                    f"for both, or leave task.ignore_index out to take the dataset's")
+        return cls(cfg)
+
     # -- network ----------------------------------------------------------------
     def build_network(self) -> nn.Module:
         """A freshly initialised task network T."""

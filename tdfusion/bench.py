@@ -22,7 +22,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .chunked import fuse_banded, plan_bands
-from .meta.losses import FUSION_LOSSES
 from .hostinfo import cpu_model
 from .nets import FusionNet
 
@@ -271,20 +270,15 @@ def _meta_setup(task_name: str, device: torch.device, seed: int = 0) -> tuple[tu
     from .meta import objectives
     from .config import CONFIG_DIR, load_config
     from .data.views import to_device
-    from .nets import create_model
-    from .train import build_task
+    from .train import build_modules
 
     cfg = load_config(CONFIG_DIR / META_RECIPES[task_name])
     target = {"seg": "mask", "det": "boxes"}.get(task_name, "none")
     train_batch, test_batch, ds = _meta_batches(cfg, target, seed=seed)
     train_batch, test_batch = to_device(train_batch, device), to_device(test_batch, device)
     torch.manual_seed(0)
-    fusion = create_model(**_arch(cfg["fusion"])).to(device)
-    lossgen = create_model(**_arch(cfg["lossgen"]), pairs=FUSION_LOSSES[cfg["loss"]["form"]][1]).to(device)
-    task = build_task(cfg["task"], ds)
-    task_net = task.build_network().to(device).train()
-    settings = objectives.LossSettings(cfg["loss"]["form"], cfg["loss"]["alpha"], cfg["loss"]["intensity"],
-                                   cfg["loss"]["fixed_weights"])
+    m = build_modules(cfg, ds, device)
+    fusion, lossgen, task, task_net, settings = m.fusion, m.lossgen, m.task, m.task_net.train(), m.settings
     lr = cfg["optim"]["lr_fusion"]
     args = (fusion, objectives.params_of(fusion), lossgen, objectives.params_of(lossgen), task, task_net,
             objectives.params_of(task_net), train_batch, test_batch, lr, cfg["optim"]["lr_task"], settings)
@@ -339,9 +333,7 @@ def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: i
         out = objectives.fusion_objective(fusion, objectives.params_of(fusion), lossgen, objectives.params_of(lossgen),
                                       train_batch["crop_a"], train_batch["crop_b"], settings, detach_weights=True)
         out["loss"].backward()
-        with torch.no_grad():
-            fused = fusion(train_batch["a"], train_batch["b"])
-        objectives.task_objective(task, task_net, objectives.params_of(task_net), fused, train_batch).backward()
+        objectives.fusion_phase_task_loss(fusion, task, task_net, train_batch).backward()
         for net in (fusion, task_net):
             net.zero_grad(set_to_none=True)
 
@@ -384,11 +376,6 @@ def bench_meta(task_name: str, device: torch.device, warmup: int = 1, repeats: i
             row["profile"] = profile_breakdown(fn, device, profile_top)
         rows.append(row)
     return rows
-
-
-def _arch(section: dict) -> dict:
-    cfg = dict(section)
-    return {"name": cfg.pop("arch"), **cfg}
 
 
 # ---------------------------------------------------------------------------------------

@@ -89,8 +89,51 @@ class _Views(Dataset):
         return train_view(self.base[index], rng, self.crop_size, self.task_size, self.hflip)
 
 
+@dataclass
+class Modules:
+    """What a run config builds before training: the task head, the fusion-loss settings,
+    and the networks F (fusion), G (loss generator) and T (task network)."""
+
+    task: Any
+    settings: objectives.LossSettings
+    fusion: torch.nn.Module
+    lossgen: torch.nn.Module
+    task_net: torch.nn.Module
+
+
+def build_modules(cfg: dict, dataset: PairDataset | None, device: torch.device | str) -> Modules:
+    """The modules of a run config on ``device``, the task configured for ``dataset``; the
+    trainer and ``tdfusion bench`` build them alike. Networks are created in the order F,
+    G, T (the order fixes what a seed gives each)."""
+    task = build_task(cfg["task"], dataset)
+    if dataset is not None and task.target_kind != "none" and dataset.target_kind != task.target_kind:
+        raise TDFusionError(f"dataset {cfg['dataset']['name']!r} provides {dataset.target_kind!r} targets "
+                            f"but task {task.name!r} needs {task.target_kind!r}")
+    lc = cfg["loss"]
+    if lc["form"] not in FUSION_LOSSES:
+        raise TDFusionError(f"loss.form {lc['form']!r}: expected one of {', '.join(FUSION_LOSSES)}")
+    settings = objectives.LossSettings(lc["form"], float(lc["alpha"]), lc["intensity"], bool(lc["fixed_weights"]))
+    fusion = _build_net(cfg["fusion"], device)
+    lossgen = _build_net({**cfg["lossgen"], "pairs": FUSION_LOSSES[lc["form"]][1]}, device)
+    try:
+        task_net = task.build_network().to(device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TDFusionError(f"task {task.name!r}: cannot build its network ({exc})") from None
+    return Modules(task, settings, fusion, lossgen, task_net)
+
+
+def _build_net(net_cfg: dict, device: torch.device | str) -> torch.nn.Module:
+    net_cfg = dict(net_cfg)
+    arch = net_cfg.pop("arch")
+    try:
+        return create_model(arch, **net_cfg).to(device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TDFusionError(f"cannot build {arch!r}: {exc}") from None
+
+
 def build_task(task_cfg: dict, dataset: PairDataset | None = None):
-    """Instantiate the task head, filling ``num_classes``/``class_names`` from the dataset."""
+    """The task head of a run config's ``task`` section, configured for ``dataset``
+    (:meth:`TaskHead.for_dataset`); a bad name or option is a :class:`TDFusionError`."""
     from tdfusion.tasks import get_task
 
     cfg = dict(task_cfg)
@@ -99,25 +142,11 @@ def build_task(task_cfg: dict, dataset: PairDataset | None = None):
         cls = get_task(name)
     except ValueError as exc:
         raise TDFusionError(str(exc)) from None
-    classes = list(getattr(dataset, "classes", []) or [])
-    if "num_classes" in cls.defaults and cfg.get("num_classes") is None and classes:
-        cfg["num_classes"] = len(classes)
-    if "class_names" in cls.defaults and cfg.get("class_names") is None and classes:
-        cfg["class_names"] = classes
-    # The dataset's label convention is the one the labels were checked against: a task
-    # that ignored another value would train on (or score) pixels the dataset marks void.
-    if "ignore_index" in cls.defaults and hasattr(dataset, "ignore_index"):
-        if "ignore_index" not in cfg:
-            cfg["ignore_index"] = dataset.ignore_index
-        elif cfg["ignore_index"] != dataset.ignore_index:
-            raise TDFusionError(
-                f"task.ignore_index {cfg['ignore_index']} differs from the dataset's ignore_index "
-                f"{dataset.ignore_index} ({getattr(dataset, 'name', type(dataset).__name__)}): set one value "
-                f"for both, or leave task.ignore_index out to take the dataset's")
     try:
-        return cls(cfg)
+        return cls.for_dataset(cfg, dataset)
     except ValueError as exc:
-        raise TDFusionError(f"task {name!r}: {exc}") from None
+        message = str(exc)
+        raise TDFusionError(message if message.startswith("task.") else f"task {name!r}: {message}") from None
 
 
 @torch.no_grad()
@@ -175,23 +204,9 @@ class MetaTrainer:
             raise TDFusionError(f"dataset {ds_cfg['name']!r} ({ds_cfg['root']}): the {ds_cfg['train_split']} split is empty")
         self.test_set = self._optional_split(ds_cfg, options)
 
-        self.task = build_task(cfg["task"], self.train_set)
-        if self.task.target_kind != "none" and self.train_set.target_kind != self.task.target_kind:
-            raise TDFusionError(f"dataset {ds_cfg['name']!r} provides {self.train_set.target_kind!r} targets "
-                                f"but task {self.task.name!r} needs {self.task.target_kind!r}")
-
-        lc = cfg["loss"]
-        if lc["form"] not in FUSION_LOSSES:
-            raise TDFusionError(f"loss.form {lc['form']!r}: expected one of {', '.join(FUSION_LOSSES)}")
-        self.settings = objectives.LossSettings(lc["form"], float(lc["alpha"]), lc["intensity"], bool(lc["fixed_weights"]))
-        self.fusion = self._build_net(cfg["fusion"])
-        g_cfg = dict(cfg["lossgen"])
-        g_cfg["pairs"] = FUSION_LOSSES[lc["form"]][1]
-        self.lossgen = self._build_net(g_cfg)
-        try:
-            self.task_net = self.task.build_network().to(self.device)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TDFusionError(f"task {self.task.name!r}: cannot build its network ({exc})") from None
+        modules = build_modules(cfg, self.train_set, self.device)
+        self.task, self.settings = modules.task, modules.settings
+        self.fusion, self.lossgen, self.task_net = modules.fusion, modules.lossgen, modules.task_net
 
         oc = cfg["optim"]
         self.opt_f = make_optimizer(self.fusion.parameters(), oc["lr_fusion"])
@@ -227,14 +242,6 @@ class MetaTrainer:
         except TDFusionError:
             return None  # no test split: training still works, evaluation is skipped
         return ds if len(ds) else None
-
-    def _build_net(self, net_cfg: dict) -> torch.nn.Module:
-        net_cfg = dict(net_cfg)
-        arch = net_cfg.pop("arch")
-        try:
-            return create_model(arch, **net_cfg).to(self.device)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TDFusionError(f"cannot build {arch!r}: {exc}") from None
 
     # -- data ------------------------------------------------------------------------
     def _loader(self, keys: list[list[tuple[int, int]]]) -> DataLoader:
@@ -306,10 +313,8 @@ class MetaTrainer:
         self._scaled(out["loss"]).backward()
         distributed.average_gradients(self.fusion.parameters())
         self._step(self.opt_f)
-        with torch.no_grad(), autocast(self.precision, self.device):
-            fused = self.fusion(batch["a"], batch["b"])
         with autocast(self.precision, self.device):
-            loss_t = objectives.task_objective(self.task, self.task_net, objectives.params_of(self.task_net), fused, batch)
+            loss_t = objectives.fusion_phase_task_loss(self.fusion, self.task, self.task_net, batch)
         self.opt_t.zero_grad(set_to_none=True)
         self._scaled(loss_t).backward()
         distributed.average_gradients(self.task_net.parameters())

@@ -238,3 +238,32 @@ def test_the_method_core_imports_no_trainer_task_dataset_or_command():
                     offenders.append(f"{path.name}: {name}")
     assert not offenders
     assert {p.stem for p in (REPO / "tdfusion" / "meta").glob("*.py")} >= {"objectives", "jvp", "losses", "updates"}
+
+
+def test_the_trainer_leaves_dataset_given_task_settings_to_the_task():
+    """Classes and the void label reach the task through ``TaskHead.for_dataset``."""
+    source = (REPO / "tdfusion" / "train.py").read_text()
+    assert not [key for key in ("num_classes", "class_names", "ignore_index") if key in source]
+
+    from tdfusion.tasks import get_task
+
+    ds = build_dataset("synthetic", None, "train", length=2, size=(32, 32), target="mask")
+    seg = get_task("seg").for_dataset({}, ds)
+    assert seg.config["num_classes"] == len(ds.classes) and seg.config["class_names"] == list(ds.classes)
+
+
+def test_bench_builds_the_modules_as_the_trainer_does(monkeypatch):
+    """``tdfusion bench`` times what training runs: its networks come from the trainer's
+    ``build_modules`` and its fusion step from the same objectives."""
+    from tdfusion import bench, train
+
+    calls = []
+    original = train.build_modules
+
+    def spy(*args, **kwargs):
+        calls.append(args[0]["task"]["name"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "build_modules", spy)
+    args, cfg, _ = bench._meta_setup("recon", torch.device("cpu"))
+    assert calls == ["recon"] and args[0] is not None

@@ -34,8 +34,9 @@ from torch.func import functional_call
 from .losses import FUSION_LOSSES, fusion_loss
 
 __all__ = [
-    "LossSettings", "Params", "TaskStep", "adam_task_step", "fixed_weights", "fusion_objective", "loss_weights",
-    "inner_update", "meta_gradient_second_order", "meta_objective", "params_of", "task_inner_update", "task_objective", "trainable",
+    "LossSettings", "Params", "TaskStep", "adam_task_step", "fixed_weights", "fusion_objective",
+    "fusion_phase_task_loss", "inner_update", "loss_weights", "meta_gradient_second_order", "meta_objective",
+    "params_of", "task_inner_update", "task_objective", "trainable",
 ]
 
 Params = dict[str, torch.Tensor]
@@ -167,6 +168,14 @@ def task_objective(task, task_net: nn.Module, t_params: Mapping[str, torch.Tenso
                    batch: Mapping[str, Any], copy_buffers: bool = False) -> torch.Tensor:
     """L_t of the task network under ``t_params`` on a fused batch."""
     return task.loss(task_net, _with_buffers(task_net, t_params, copy_buffers), fused, batch)
+
+
+def fusion_phase_task_loss(fusion_net: nn.Module, task, task_net: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+    """L_t of T (its own parameters) on F's fused task view, F held fixed: what the fusion
+    phase trains T on after F's step."""
+    with torch.no_grad():
+        fused = fusion_net(batch["a"], batch["b"])
+    return task_objective(task, task_net, params_of(task_net), fused, batch)
 
 
 def task_inner_update(task, task_net: nn.Module, t_params: Mapping[str, torch.Tensor], fused: torch.Tensor,
