@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tdfusion import run_folder
+from tdfusion.training import run_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

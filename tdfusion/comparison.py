@@ -164,7 +164,7 @@ def _job(spec: dict[str, Any]) -> dict[str, Any]:
 
     from .downstream import (DownstreamSettings, SourceFolderDataset, balanced_class_weights, evaluate_downstream,
                              train_downstream)
-    from .train import build_task
+    from .training.trainer import build_task
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

@@ -117,7 +117,7 @@ def test_yaml_numbers_without_a_dot_are_numbers():
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory):
     """A run folder with last.pt (full state) and epoch_000.pt (weights only), untrained."""
-    from tdfusion.train import MetaTrainer
+    from tdfusion.training.trainer import MetaTrainer
 
     run = tmp_path_factory.mktemp("bad") / "run"
     cfg = apply_overrides(load_config(CONFIG), TINY + SYNTH, load_config(None))

@@ -27,7 +27,7 @@ from tdfusion.errors import TDFusionError
 from tdfusion.io import write_image
 from tdfusion.nets import create_model
 from tdfusion.synthetic import write_dataset
-from tdfusion.train import build_task
+from tdfusion.training.trainer import build_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

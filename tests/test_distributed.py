@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tdfusion import distributed
+from tdfusion.training import distributed
 from tdfusion.config import apply_overrides, load_config
 from tdfusion.errors import TDFusionError
 
@@ -38,7 +38,7 @@ WORLD = 2
 WORKER = textwrap.dedent("""
     import os, sys
     import torch, torch.distributed as dist
-    from tdfusion import train as trainer
+    from tdfusion.training import trainer
     from tdfusion.cli import main
 
     dump_dir = sys.argv[1]
@@ -81,7 +81,7 @@ def runs(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     # The reference: one process, the global batch, the trainer alone (no process group).
-    from tdfusion.train import MetaTrainer
+    from tdfusion.training.trainer import MetaTrainer
 
     cfg = apply_overrides(load_config(REPO / "configs" / "synthetic_recon.yaml"),
                           TINY + [f"data.batch_size={PER_RANK_BATCH * WORLD}"], load_config(None))
@@ -130,7 +130,7 @@ def test_two_processes_equal_one_process_on_the_global_batch(runs):
 def test_parameters_moved_in_both_phases(runs):
     # G learns only in the meta phase, F and T only in the fusion phase: all must change,
     # so the equality above covers both phases.
-    from tdfusion.train import MetaTrainer
+    from tdfusion.training.trainer import MetaTrainer
 
     cfg = apply_overrides(load_config(REPO / "configs" / "synthetic_recon.yaml"),
                           TINY + ["data.batch_size=2"], load_config(None))
@@ -202,7 +202,7 @@ def test_deterministic_runs_are_bit_identical_with_and_without_loader_workers(tm
     """``--deterministic``: two CPU runs of one seed give the same bits, every parameter;
     the second run loads its data in 2 worker processes (crops and flips are keyed per
     sample, so workers must not change anything)."""
-    from tdfusion.train import MetaTrainer
+    from tdfusion.training.trainer import MetaTrainer
 
     base = apply_overrides(load_config(REPO / "configs" / "synthetic_recon.yaml"),
                            TINY + ["data.batch_size=2", "train.deterministic=true", "train.epochs=1"],

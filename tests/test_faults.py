@@ -136,7 +136,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    from tdfusion.train import MetaTrainer
+    from tdfusion.training.trainer import MetaTrainer
 
     run = tmp_path_factory.mktemp("faults") / "reference"
     MetaTrainer(apply_overrides(load_config(CONFIG), TINY, load_config(None)), run).fit()

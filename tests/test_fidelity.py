@@ -99,7 +99,7 @@ def test_a_run_with_the_official_preset_trains(tmp_path):
 
 def test_cache_true_keeps_a_second_epoch_off_the_disk(tmp_path, monkeypatch):
     import tdfusion.data.base as base
-    from tdfusion.train import MetaTrainer
+    from tdfusion.training.trainer import MetaTrainer
 
     root = write_dataset(tmp_path / "d", n_train=3, n_test=1, size=(40, 48))
     reads = []

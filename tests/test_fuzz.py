@@ -271,7 +271,7 @@ override_value = st.one_of(st.sampled_from(["-1", "0", "1", "2.5", "null", "abc"
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(changes=st.lists(st.tuples(st.sampled_from(TRAINER_KEYS), override_value), min_size=1, max_size=2))
 def test_trainer_accepts_or_refuses_random_settings(tmp_path, changes):
-    from tdfusion.train import MetaTrainer
+    from tdfusion.training.trainer import MetaTrainer
 
     torch.set_num_threads(1)
     overrides = TINY + [f"{key}={value}" for key, value in changes]

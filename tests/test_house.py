@@ -242,7 +242,7 @@ def test_the_method_core_imports_no_trainer_task_dataset_or_command():
 
 def test_the_trainer_leaves_dataset_given_task_settings_to_the_task():
     """Classes and the void label reach the task through ``TaskHead.for_dataset``."""
-    source = (REPO / "tdfusion" / "train.py").read_text()
+    source = (REPO / "tdfusion" / "training" / "trainer.py").read_text()
     assert not [key for key in ("num_classes", "class_names", "ignore_index") if key in source]
 
     from tdfusion.tasks import get_task
@@ -255,7 +255,8 @@ def test_the_trainer_leaves_dataset_given_task_settings_to_the_task():
 def test_bench_builds_the_modules_as_the_trainer_does(monkeypatch):
     """``tdfusion bench`` times what training runs: its networks come from the trainer's
     ``build_modules`` and its fusion step from the same objectives."""
-    from tdfusion import bench, train
+    from tdfusion import bench
+    from tdfusion.training import trainer as train
 
     calls = []
     original = train.build_modules

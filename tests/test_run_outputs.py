@@ -88,7 +88,7 @@ def test_step_checkpoint_is_stored_once(run):
 
 
 def test_step_save_links_instead_of_writing_twice(tmp_path):
-    from tdfusion.train import _link_or_copy
+    from tdfusion.training.trainer import _link_or_copy
 
     last = tmp_path / "last.pt"
     last.write_bytes(b"checkpoint")

@@ -10,7 +10,7 @@ import torch
 from tdfusion.checkpoint import load_checkpoint
 from tdfusion.cli import build_parser, main
 from tdfusion.commands.train import resolve_config
-from tdfusion.train import MetaTrainer
+from tdfusion.training.trainer import MetaTrainer
 
 TINY = ["fusion.dim=4", "fusion.num_blocks=1", "fusion.heads=2", "lossgen.dim=4", "lossgen.num_blocks=1",
         "lossgen.heads=2", "task.dim=4", "task.num_blocks=1", "task.heads=2", "data.crop_size=32",

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..downstream import downstream_settings, with_overrides
     from ..results import print_summary_table, write_summary_csv
-    from ..train import build_task
+    from ..training.trainer import build_task
 
     ckpts = [load_checkpoint(p) for p in args.checkpoint]
     # The checkpoints are only fusion networks here: the dataset and task come from

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import build_split
     from ..device import resolve_device
     from ..evaluate import evaluate_sources, fused_folder_source, fusion_source, input_source
-    from ..train import build_task
+    from ..training.trainer import build_task
 
     if not args.checkpoint and not args.task_weights:
         raise TDFusionError("give --checkpoint (a tdfusion run's checkpoint) or --task-weights")

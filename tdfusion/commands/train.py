@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import run_folder
+from ..training import run_folder
 from ..config import FLAG_KEYS, resolve
 from ..errors import TDFusionError
 from . import SUMMARY
@@ -102,8 +102,8 @@ def run_dir_for(cfg: dict, resume_ckpt: Path | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import distributed
-    from ..train import train
+    from ..training import distributed
+    from ..training.trainer import train
 
     cfg, resume_ckpt = resolve_config(args)
     topology, _ = distributed.setup(cfg["train"]["device"])  # joins torchrun's process group, if any

@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .device import resolve_device
-from .errors import TDFusionError
+from ..device import resolve_device
+from ..errors import TDFusionError
 
 __all__ = [
     "Topology", "any_true", "average_gradients", "broadcast_module_", "broadcast_object",

@@ -1,7 +1,7 @@
 """The file names of a run folder, defined once.
 
 The trainer writes them; ``--resume``, ``eval``, ``compare``, the report and the scripts
-read them. The layout is described in :mod:`tdfusion.train`.
+read them. The layout is described in :mod:`tdfusion.training.trainer`.
 """
 from __future__ import annotations
 

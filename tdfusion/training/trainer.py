@@ -9,7 +9,7 @@ A run folder holds::
                          last.pt written at that step, so no checkpoint is stored twice)
     epoch_<e>.pt         weights at the end of each epoch (no optimiser state)
     train_log.jsonl      one JSON object per step (phase, losses, learning rates)
-    train_log.csv, eval_log.csv, tensorboard/   the same, as run.loggers asks (tdfusion.runlog)
+    train_log.csv, eval_log.csv, tensorboard/   the same, as run.loggers asks (tdfusion.training.runlog)
     eval_log.jsonl       task metrics on the test split, per evaluated epoch
     samples/epoch_<e>.png  sources, fused image and G's weight maps for a few pairs
     summary.json         final losses and metrics
@@ -18,7 +18,7 @@ Every random choice (meta-train/meta-test split, batch order, crops, flips) is a
 function of ``(seed, epoch, phase, step)``, and checkpoints store the position and the
 torch RNG state, so ``--resume`` continues exactly where the run stopped.
 
-Under ``torchrun`` (see :mod:`tdfusion.distributed` and ``docs/distributed.md``) every
+Under ``torchrun`` (see :mod:`tdfusion.training.distributed` and ``docs/distributed.md``) every
 process draws the same global batch of ``batch_size * world_size`` samples and keeps its
 own slice; gradients (and the meta phase's inner-step gradients) are averaged across
 processes, logged values are averaged, and only rank 0 writes files or prints.
@@ -47,25 +47,25 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
+from ..checkpoint import load_checkpoint, module_record, save_checkpoint
+from ..data import build_dataset, collate, eval_view, swap_sources, to_device, train_view
+from ..data.base import PairDataset
+from ..device import resolve_device
+from ..errors import TDFusionError
+from ..io import atomic_write
+from ..meta import objectives
+from ..meta.jvp import meta_gradient_jvp
+from ..meta.losses import FUSION_LOSSES
+from ..meta.updates import G_UPDATE_RULES, apply_meta_gradient, make_optimizer, make_scheduler
+from ..nets import create_model
+from ..precision import PRECISIONS, autocast, check_precision, grad_scaler
+from ..progress import progress_bar
+from ..results import jsonable
 from . import distributed, run_folder
-
-from .meta import objectives
-from .checkpoint import load_checkpoint, module_record, save_checkpoint
-from .data import build_dataset, collate, eval_view, swap_sources, to_device, train_view
-from .data.base import PairDataset
-from .device import resolve_device
-from .errors import TDFusionError
-from .io import atomic_write
-from .meta.losses import FUSION_LOSSES
-from .meta.jvp import meta_gradient_jvp
-from .nets import create_model
-from .meta.updates import G_UPDATE_RULES, apply_meta_gradient, make_optimizer, make_scheduler
-from .precision import PRECISIONS, autocast, check_precision, grad_scaler
-from .progress import progress_bar
-from .results import jsonable
 from .runlog import LOGGERS, RunLoggers
 
-__all__ = ["MetaTrainer", "build_task", "check_values", "evaluate_task", "set_determinism", "train"]
+__all__ = ["MetaTrainer", "Modules", "build_modules", "build_task", "check_values", "evaluate_task",
+           "set_determinism", "train"]
 
 _PHASES = ("meta", "fusion")
 
@@ -467,7 +467,7 @@ class MetaTrainer:
         """``[(stem, [(label, (H, W) in [0, 1]), ...])]`` for the first ``run.samples`` training
         pairs: A, B, the fused image as ``tdfusion fuse`` writes it (min-max stretched) and
         G's weight maps for A (w_A, and v_A for the ReFusion form)."""
-        from .inference import normalize_minmax
+        from ..inference import normalize_minmax
 
         count = min(self.cfg["run"]["samples"], len(self.train_set))
         size = self.cfg["data"]["task_size"]
@@ -492,8 +492,8 @@ class MetaTrainer:
         the maps in the report's colour map, with its colour bar) and ``report/``: the same
         pairs as a ``tdfusion report`` page with their fusion metrics, the task metrics of the
         epoch and the run's provenance."""
-        from .io import write_image
-        from .report import is_weight_map, sample_sheet
+        from ..io import write_image
+        from ..report import is_weight_map, sample_sheet
 
         samples = self.sample_panels()
         if not samples:
@@ -506,9 +506,9 @@ class MetaTrainer:
         self._write_report(samples, epoch, is_weight_map)
 
     def _write_report(self, samples, epoch: int, is_weight_map) -> None:
-        from .metrics import evaluate as fusion_metrics
-        from .metrics.evaluate import mean_metrics
-        from .report import ReportEntry, provenance, write_report
+        from ..metrics import evaluate as fusion_metrics
+        from ..metrics.evaluate import mean_metrics
+        from ..report import ReportEntry, provenance, write_report
 
         entries, per_image = [], {}
         for stem, panels in samples:

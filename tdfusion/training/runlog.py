@@ -18,8 +18,8 @@ from typing import Iterable
 import numpy as np
 
 from . import run_folder
-from .errors import TDFusionError
-from .io import atomic_write
+from ..errors import TDFusionError
+from ..io import atomic_write
 
 __all__ = ["LOGGERS", "RunLoggers"]
 
