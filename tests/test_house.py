@@ -171,6 +171,8 @@ def wheel(tmp_path_factory):
 
 def test_the_wheel_holds_tdfusion_tasks_and_the_configs_and_no_top_level_tasks(wheel):
     names = zipfile.ZipFile(wheel).namelist()
+    packages = {p.parent.relative_to(REPO).as_posix() for p in (REPO / "tdfusion").rglob("__init__.py")}
+    assert not [p for p in packages if f"{p}/__init__.py" not in names]  # every subpackage is shipped
     assert "tdfusion/tasks/__init__.py" in names and "tdfusion/tasks/seg.py" in names
     assert "tdfusion/configs/base.yaml" in names and "tdfusion/configs/presets/official.yaml" in names
     assert not [n for n in names if n.startswith("tasks/")]
@@ -183,7 +185,7 @@ def test_installed_outside_the_checkout_tdfusion_tasks_imports_and_tasks_does_no
     code = textwrap.dedent("""
         import importlib.util, sys
         sys.path = [p for p in sys.path if p not in ("", ".")]
-        import tdfusion, tdfusion.tasks, tdfusion.config
+        import tdfusion, tdfusion.tasks, tdfusion.config, tdfusion.training.trainer, tdfusion.meta.objectives
         from tdfusion.tasks import create_task
         print(tdfusion.__file__)
         print(tdfusion.tasks.__file__)
