@@ -12,9 +12,10 @@ For each task (segmentation, detection) on the built-in synthetic scenes:
 3. write ``results/efficacy_<task>.json`` and a bar chart ``results/efficacy_<task>.png``.
 
 ``--mode quick`` (``EFFICACY=quick make efficacy``) fits about 20 minutes on 2 CPU cores;
-``--mode full`` is the one docs/results.md reports (hours on a CPU), and adds detection on
-the real MSRS pairs of ``../shared/data/msrs_det`` when that folder exists. Every command
-run is printed, and written to ``results/efficacy_commands.txt``.
+``--mode full`` takes hours on a CPU and adds detection on the real MSRS pairs of
+``../shared/data/msrs_det`` when that folder exists (``--msrs-only`` runs that part alone).
+Every command run is printed, and written to ``results/efficacy_<mode>_commands.txt``
+(``efficacy_msrs_commands.txt`` with ``--msrs-only``).
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ MODES = {
 #: What every fusion network shares besides the mode's schedule.
 #: G's learning rate: 3e-4, not 1e-3: at 1e-3 the normalised-Adam steps saturated G's maps
 #: within 64 meta iterations (w_IR 0.81-0.94 for every class of the synthetic scenes), and a
-#: saturated softmax passes no gradient back; at 1e-4 the maps stayed within 0.1 of 1/2.
+#: saturated softmax passes no gradient back; at 1e-4 they moved less (0.32-0.48, docs/results.md).
 F_SCHEDULE = {"data.crop_size": 64, "data.batch_size": 1, "data.swap_sources": True, "data.hflip": True,
               "optim.lr_fusion": 1e-3, "optim.lr_task": 1e-3, "optim.lr_lossgen": 3e-4, "optim.schedule": "none",
               "fusion.dim": 16, "run.eval_every": 0, "run.samples": 4, "train.seed": 0}
@@ -68,7 +69,6 @@ METHODS = {
     "seg": ("seg", {"loss.form": "tdfusion"}),
     "det": ("det", {"loss.form": "tdfusion"}),
 }
-HEADLINE = {"seg": ("mIoU", "mAcc"), "det": ("mAP50", "mAP50_95")}
 
 
 def kv(d: dict) -> list[str]:
@@ -152,7 +152,7 @@ def reference_folders(mode: dict, work: Path) -> dict[str, Path]:
     import numpy as np
 
     from tdfusion.data import build_dataset
-    from tdfusion.io import write_image
+    from tdfusion.io import to_integer, write_image
     from tdfusion.synthetic import SEG_CLASSES
 
     objects = [SEG_CLASSES.index("person"), SEG_CLASSES.index("car")]
@@ -163,8 +163,7 @@ def reference_folders(mode: dict, work: Path) -> dict[str, Path]:
             s = data[i]
             near = cv2.dilate(np.isin(s.target["mask"], objects).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
             for name, y in (("blend", 0.5 * (s.a + s.b)), ("oracle", np.where(near, s.a, s.b))):
-                write_image(out[name] / split / f"{s.stem}.png", np.rint(np.clip(y, 0, 1) * 255).astype(np.uint8),
-                            durable=False)
+                write_image(out[name] / split / f"{s.stem}.png", to_integer(y, 8), durable=False)
     return out
 
 

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from tdfusion.errors import TDFusionError
+
 __all__ = ["Evaluator", "TaskHead"]
 
 
@@ -70,8 +72,9 @@ class TaskHead:
         knows is taken from it (``num_classes`` and ``class_names`` from ``dataset.classes``,
         ``ignore_index`` from ``dataset.ignore_index``), for the keys this task has.
 
-        A task with other dataset-given settings overrides this. Raises ``ValueError`` when
-        the config contradicts the dataset's label convention.
+        A task with other dataset-given settings overrides this. Raises
+        :class:`~tdfusion.errors.TDFusionError` when the config contradicts the dataset's
+        label convention, ``ValueError`` for an unknown option.
         """
         cfg = dict(config or {})
         classes = list(getattr(dataset, "classes", []) or [])
@@ -85,7 +88,7 @@ class TaskHead:
             if "ignore_index" not in cfg:
                 cfg["ignore_index"] = dataset.ignore_index
             elif cfg["ignore_index"] != dataset.ignore_index:
-                raise ValueError(
+                raise TDFusionError(
                     f"task.ignore_index {cfg['ignore_index']} differs from the dataset's ignore_index "
                     f"{dataset.ignore_index} ({getattr(dataset, 'name', type(dataset).__name__)}): set one value "
                     f"for both, or leave task.ignore_index out to take the dataset's")

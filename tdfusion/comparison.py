@@ -29,7 +29,7 @@ import yaml
 from .colour import split_luma
 from .data.base import PairDataset
 from .errors import TDFusionError
-from .io import atomic_write, list_images, read_image, write_image
+from .io import atomic_write, list_images, read_image, to_integer, write_image
 from .results import jsonable
 
 __all__ = ["ImageSource", "HEADLINE_METRICS", "compare", "materialize", "prepare_sources", "run_seeds",
@@ -51,10 +51,6 @@ class ImageSource:
 
 
 # -- 1. source folders -------------------------------------------------------------------------------------------
-def _grey8(y: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
-
-
 def _folder_lookup(folder: Path, split: str):
     index = {key: (list_images(folder / key) if key and (folder / key).is_dir() else {}) for key in (split,)}
     index[""] = list_images(folder)
@@ -70,7 +66,7 @@ def _folder_lookup(folder: Path, split: str):
 
 def _fuse_like_the_cli(net, dataset: PairDataset, index: int, out: Path) -> Path:
     """Write what ``tdfusion fuse`` writes for pair ``index`` (same function, same options)."""
-    from .inference import fuse_images, to_integer
+    from .inference import fuse_images
 
     a, b = dataset.source_images(index)
     if b.size != a.size:
@@ -124,7 +120,7 @@ def materialize(source: ImageSource, splits: dict[str, PairDataset], folder: Pat
 
                 h, w = sample.a.shape
                 y = cv2.resize(y, (w, h), interpolation=cv2.INTER_AREA if y.size > h * w else cv2.INTER_LINEAR)
-            write_image(out / "images" / f"{sample.stem}.png", _grey8(y), durable=False)
+            write_image(out / "images" / f"{sample.stem}.png", to_integer(y, 8), durable=False)
             _write_targets(sample, out)
     with atomic_write(folder / "classes.yaml", "w") as fh:
         yaml.safe_dump(meta, fh, sort_keys=False)

@@ -403,6 +403,8 @@ def train_downstream(task, data: SourceFolderDataset, s: DownstreamSettings, *, 
     iteration = 0
     net.train()
     with progress_bar(s.epochs * per_epoch, f"training on {label}".strip(), enabled=show_progress) as advance:
+        # the module's own tensors, updated in place by the optimiser (built once, not per step)
+        params = {**dict(net.named_parameters()), **dict(net.named_buffers())}
         for epoch in range(s.epochs):
             for p in frozen:
                 p.requires_grad_(epoch >= s.freeze_epochs)
@@ -415,7 +417,6 @@ def train_downstream(task, data: SourceFolderDataset, s: DownstreamSettings, *, 
                 factor = lr_factor(iteration, per_epoch, s)
                 for g, lr in zip(opt.param_groups, base_lrs):
                     g["lr"] = lr * factor
-                params = {**dict(net.named_parameters()), **dict(net.named_buffers())}
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     loss = task.loss(net, params, batch["a"], batch)
                 opt.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ from torch import nn
 from .chunked import fuse_banded
 from .colour import merge_luma, pair_chroma, split_luma
 from .device import exact_float32
-from .io import Image
+from .io import Image, to_integer
 from .nets.fusion import FusionNet
 
 __all__ = ["fuse_luma", "fuse_images", "normalize_minmax", "to_integer"]
@@ -49,12 +49,6 @@ def normalize_minmax(y: np.ndarray) -> np.ndarray:
     """Stretch to [0, 1] (the reference inference does this before saving); constant stays."""
     lo, hi = float(y.min()), float(y.max())
     return (y - lo) / (hi - lo) if hi > lo else y
-
-
-def to_integer(pixels: np.ndarray, bit_depth: int) -> np.ndarray:
-    """[0, 1] float -> rounded uint8 (8) or uint16 (16)."""
-    scale, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
-    return np.clip(np.rint(pixels * scale), 0, scale).astype(dtype)
 
 
 def fuse_images(net: nn.Module, a: Image, b: Image, normalize: str = "minmax",

@@ -27,7 +27,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 __all__ = [
     "IMAGE_EXTENSIONS", "Image", "atomic_write", "image_size", "list_images", "match_pairs", "pil_open",
-    "read_image", "write_image",
+    "publish", "read_image", "to_integer", "write_image",
 ]
 
 
@@ -141,6 +141,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return read_image(path).size  # full decode: gives the precise error if unreadable
 
 
+def to_integer(pixels: np.ndarray, bit_depth: int) -> np.ndarray:
+    """[0, 1] float -> rounded uint8 (8) or uint16 (16)."""
+    scale, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
+    return np.clip(np.rint(pixels * scale), 0, scale).astype(dtype)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     """Open a temporary file next to ``path``; on success fsync it, rename it into place
@@ -180,6 +186,18 @@ def file_umask() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return umask
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move a finished temporary file (written by another library, e.g. OpenCV's video
+    writer) into place as :func:`atomic_write` does: the mode ``open()`` would give, fsync
+    of the file, rename, fsync of the folder."""
+    tmp, path = Path(tmp), Path(path)
+    os.chmod(tmp, _mode_of(path))  # mkstemp made it 0600
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _mode_of(path: Path) -> int:

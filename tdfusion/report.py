@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from .errors import TDFusionError
-from .io import file_umask, write_image
+from .io import file_umask, to_integer, write_image
 from .metrics.evaluate import METRIC_NAMES
 from .metrics.folders import csv_text
 
@@ -60,7 +60,7 @@ def is_weight_map(label: str) -> bool:
 
 def weight_map_rgb(x: np.ndarray) -> np.ndarray:
     """A weight map in [0, 1] ``(H, W)`` -> uint8 RGB in :data:`WEIGHT_COLORMAP`."""
-    u8 = np.clip(np.rint(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    u8 = to_integer(np.asarray(x, np.float32), 8)
     return np.ascontiguousarray(cv2.applyColorMap(u8, WEIGHT_COLORMAP)[:, :, ::-1])
 
 
@@ -152,7 +152,7 @@ def to_display(pixels: np.ndarray) -> np.ndarray:
     elif x.dtype == np.uint16:
         out = np.rint(x.astype(np.float32) / 257.0).astype(np.uint8)
     else:
-        out = np.clip(np.rint(x.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+        out = to_integer(x.astype(np.float32), 8)
     if out.ndim == 2:
         out = np.repeat(out[:, :, None], 3, axis=2)
     return np.ascontiguousarray(out)

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from .errors import TDFusionError
-from .io import Image, _to_unit_float, list_images, read_image
+from .io import Image, _to_unit_float, list_images, publish, read_image
 
 __all__ = ["CODECS", "VIDEO_EXTENSIONS", "FrameStream", "VideoWriter", "is_video", "open_stream"]
 
@@ -153,7 +153,7 @@ class VideoWriter:
 
     def commit(self) -> None:
         self._writer.release()
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):

@@ -103,7 +103,10 @@ def bench_vs_official(official: str | os.PathLike, checkpoint: str | os.PathLike
     chosen = found[:pairs]
     cls = load_official(official, class_name)
     ref = cls()
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    from .checkpoint import safe_torch_load
+    from .hub import resolve_checkpoint
+
+    state = safe_torch_load(resolve_checkpoint(checkpoint))
     try:
         ref.load_state_dict(state)
     except Exception as exc:  # wrong kind of checkpoint for that network

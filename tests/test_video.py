@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tdfusion
+from tdfusion.io import file_umask
 from tdfusion.checkpoint import module_record, save_checkpoint
 from tdfusion.cli import main
 from tdfusion.nets import create_model
@@ -84,6 +85,8 @@ def test_two_streams_fuse_to_a_video(checkpoint, clips, tmp_path, capsys):
     for got, fa, fb in zip(frames, ir, vis):
         np.testing.assert_array_equal(got, fuser(fa, fb))  # colour: the visible clip's chroma
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    # the mode open() gives (as every other output; mkstemp's temporary is 0600)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~file_umask()
 
 
 def test_video_to_numbered_frame_folder_and_frames_in(checkpoint, clips, tmp_path):
@@ -99,6 +102,7 @@ def test_video_to_numbered_frame_folder_and_frames_in(checkpoint, clips, tmp_pat
     assert _fuse(checkpoint, a, folder, tmp_path / "mixed.mkv") == 0
     frames, _ = _read_clip(tmp_path / "mixed.mkv")
     direct = [cv2.imread(str(tmp_path / "frames" / n))[:, :, ::-1] for n in names]
+    assert len(frames) == len(direct) == N
     for got, want in zip(frames, direct):
         np.testing.assert_array_equal(got, want)
 
@@ -153,5 +157,6 @@ def test_batched_frames_equal_frame_by_frame(checkpoint, clips):
     args = argparse.Namespace(normalize="minmax", gray=False, max_memory=None, chunk_rows=None)
     batched = fuse_cmd._fuse_frames(net, frames, args, batched=True)
     single = fuse_cmd._fuse_frames(net, frames, args, batched=False)
+    assert len(batched) == len(single) == N
     for x, y in zip(batched, single):
         np.testing.assert_allclose(x, y, atol=2e-5)

@@ -43,7 +43,7 @@ def config_for(args: argparse.Namespace, ckpt: dict | None) -> dict:
     from ..config import resolve
 
     saved = (ckpt or {}).get("extra", {}).get("config") or None
-    return resolve(args.config, dataset=args.dataset, saved=None if args.config else saved, overrides=args.overrides,
+    return resolve(args.config, dataset=args.dataset, saved=saved, overrides=args.overrides,
                    task=args.task, data_root=args.data_root, device=args.device)
 
 

@@ -145,8 +145,7 @@ def build_task(task_cfg: dict, dataset: PairDataset | None = None):
     try:
         return cls.for_dataset(cfg, dataset)
     except ValueError as exc:
-        message = str(exc)
-        raise TDFusionError(message if message.startswith("task.") else f"task {name!r}: {message}") from None
+        raise TDFusionError(f"task {name!r}: {exc}") from None
 
 
 @torch.no_grad()
