@@ -163,7 +163,9 @@ def step_torchrun(opts, tmp: Path) -> dict:
 def step_resume_after_sigkill(opts, tmp: Path) -> dict:
     run = tmp / "resume"
     args = _train_args(opts, run, 2, 4, epochs=2)  # 12 steps, a checkpoint every 2
-    killed = tdfusion(["train", *args], timeout=300, env={"TDFUSION_FAULT": "kill_during_save:2"}, check=False)
+    # The tests' fault: SIGKILL halfway through the 2nd checkpoint write (tests/kill_during_save.py).
+    killer = [sys.executable, str(REPO / "tests" / "kill_during_save.py"), "2"]
+    killed = tdfusion(args, timeout=300, launcher=killer, check=False)
     if killed.returncode != -signal.SIGKILL:
         raise StepFailed(f"the run was to be killed while saving, it exited {killed.returncode}")
     before = len(_logged_steps(run))

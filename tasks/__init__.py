@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from tdfusion.errors import TDFusionError
 from tdfusion.registry import Registry
 
 from .base import Evaluator, TaskHead
 
-__all__ = ["TASKS", "Evaluator", "TaskHead", "available_tasks", "create_task", "get_task", "register_task"]
+__all__ = ["TASKS", "Evaluator", "TaskHead", "available_tasks", "build_task", "create_task", "get_task", "register_task"]
 
 TASKS: Registry[type[TaskHead]] = Registry("task", entry_point_group="tdfusion.tasks")
 for _name in ("recon", "seg", "det"):
@@ -38,3 +39,15 @@ def create_task(name: str, config: Mapping[str, Any] | None = None) -> TaskHead:
 def available_tasks(pattern: str | None = None) -> list[str]:
     """Registered task names; ``pattern`` filters shell-style."""
     return TASKS.names(pattern)
+
+
+def build_task(task_cfg: Mapping[str, Any], dataset=None) -> TaskHead:
+    """The task of a config's ``task:`` section, fitted to ``dataset`` (its classes and
+    void label, :meth:`TaskHead.for_dataset`); a bad name or value is a :class:`TDFusionError`."""
+    cfg = dict(task_cfg)
+    name = cfg.pop("name")
+    cls = get_task(name)  # UnknownName is a TDFusionError
+    try:
+        return cls.for_dataset(cfg, dataset)
+    except ValueError as exc:
+        raise TDFusionError(f"task {name!r}: {exc}") from None

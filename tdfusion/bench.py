@@ -270,7 +270,7 @@ def _meta_setup(task_name: str, device: torch.device, seed: int = 0) -> tuple[tu
     from .meta import objectives
     from .config import CONFIG_DIR, load_config
     from .data.views import to_device
-    from .training.trainer import build_modules
+    from .training.modules import build_modules
 
     cfg = load_config(CONFIG_DIR / META_RECIPES[task_name])
     target = {"seg": "mask", "det": "boxes"}.get(task_name, "none")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from .errors import TDFusionError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "Image", "atomic_write", "image_size", "list_images", "match_pairs", "pil_open",
+    "IMAGE_EXTENSIONS", "Image", "atomic_write", "image_size", "link_or_copy", "list_images", "match_pairs", "pil_open",
     "publish", "read_image", "to_integer", "write_image",
 ]
 
@@ -281,3 +282,25 @@ def match_pairs(a: str | os.PathLike, b: str | os.PathLike) -> list[tuple[str, P
     if not imgs_a:
         raise TDFusionError(f"{a}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     return [(s, imgs_a[s], imgs_b[s]) for s in sorted(imgs_a)]
+
+
+def link_or_copy(source: Path, dest: Path) -> None:
+    """Make ``dest`` name the file ``source`` names now, replacing ``dest`` atomically.
+
+    A hard link: a step checkpoint costs no space while it equals last.pt, and keeps its
+    content when last.pt is later replaced (a rename gives last.pt a new file). Where the
+    file system has no hard links, a copy.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

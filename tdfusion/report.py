@@ -238,7 +238,7 @@ def _fmt(v: float | None) -> str:
 def _metric_table(rows: Mapping[str, Mapping[str, float]], caption: str | None = None,
                   count: Mapping[str, int] | None = None) -> str:
     """HTML table: methods as rows, metrics as columns, best (highest) per column bold."""
-    from .results import best_at_precision
+    from .evaluation.results import best_at_precision
 
     names = [n for n in METRIC_NAMES if any(n in v for v in rows.values())]
     methods = list(rows)

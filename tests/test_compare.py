@@ -19,15 +19,16 @@ import torch
 
 from tdfusion.checkpoint import module_record, save_checkpoint
 from tdfusion.cli import main
-from tdfusion.comparison import ImageSource, mark_spread, prepare_sources, separated, summarize
 from tdfusion.data import build_dataset
-from tdfusion.downstream import (PRESETS, SourceFolderDataset, downstream_settings, lr_factor, seg_train_view,
-                                 train_downstream, with_overrides)
+from tdfusion.evaluation.comparison import ImageSource, mark_spread, prepare_sources, separated, summarize
+from tdfusion.evaluation.downstream import train_downstream
+from tdfusion.evaluation.downstream_settings import PRESETS, downstream_settings, lr_factor, with_overrides
+from tdfusion.evaluation.source_folder import SourceFolderDataset, seg_train_view
 from tdfusion.errors import TDFusionError
 from tdfusion.io import write_image
 from tdfusion.nets import create_model
 from tdfusion.synthetic import write_dataset
-from tdfusion.training.trainer import build_task
+from tdfusion.tasks import build_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,7 +145,7 @@ def test_training_depends_on_the_source_and_is_repeatable(folders):
 
 
 def test_a_source_without_the_objects_scores_clearly_below_one_with_them(folders):
-    from tdfusion.comparison import run_seeds
+    from tdfusion.evaluation.comparison import run_seeds
 
     # balanced class weights: the tiny network otherwise settles on 'background' in 15 epochs
     s = _settings(epochs=15, batch_size=4, lr=3e-3, class_weights="balanced")

@@ -59,7 +59,7 @@ WORKER = textwrap.dedent("""
 
 def _child_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                          "MASTER_PORT", "TDFUSION_FAULT")}
+                                                          "MASTER_PORT")}
     # One thread per process: 2 processes share 2 cores, and OpenMP spin-waits badly otherwise.
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return env

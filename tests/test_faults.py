@@ -36,21 +36,23 @@ TINY = ["train.device=cpu", "fusion.dim=8", "fusion.num_blocks=1", "lossgen.dim=
 
 
 def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TDFUSION_FAULT")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     # PYTHONFAULTHANDLER: a child that hangs is sent SIGABRT and prints where it was.
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", **extra)
     return env
 
 
-def _start(args: list[str], **env: str) -> subprocess.Popen:
+def _start(args: list[str], script: list[str] | None = None, **env: str) -> subprocess.Popen:
     # A session of its own: Ctrl-C in a terminal signals the whole process group (the
     # trainer and its data-loader workers); the test does the same with killpg.
-    return subprocess.Popen([sys.executable, str(REPO / "train_fusion.py"), *args], env=_env(**env),
+    return subprocess.Popen([sys.executable, *(script or [str(REPO / "train_fusion.py")]), *args], env=_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _fresh(run: Path, **env: str) -> subprocess.Popen:
-    return _start(["--config", str(CONFIG), "--out", str(run), *TINY], **env)
+def _fresh(run: Path, kill_during_save: int | None = None) -> subprocess.Popen:
+    """A new run; ``kill_during_save=N``: it dies halfway through its N-th checkpoint write."""
+    script = None if kill_during_save is None else [str(REPO / "tests" / "kill_during_save.py"), str(kill_during_save)]
+    return _start(["--config", str(CONFIG), "--out", str(run), *TINY], script)
 
 
 def _resume(run: Path, *overrides: str) -> subprocess.Popen:
@@ -186,7 +188,7 @@ def test_sigkill_while_writing_a_checkpoint_then_ctrl_c_then_resume(reference, t
     # Checkpoint files written: last.pt at step 3 (step_0000003.pt is a hard link to it),
     # epoch_001.pt and last.pt at the end of epoch 1 (step 5), then last.pt at step 6: the
     # 4th write dies with half of the file under its temporary name.
-    rc, _, _ = _finish(_fresh(run, TDFUSION_FAULT="kill_during_save:4"))
+    rc, _, _ = _finish(_fresh(run, kill_during_save=4))
     assert rc == -signal.SIGKILL
     temps = list(run.glob(".last.pt.*.tmp"))
     assert len(temps) == 1 and 0 < temps[0].stat().st_size < (run / "last.pt").stat().st_size

@@ -244,8 +244,9 @@ def test_the_method_core_imports_no_trainer_task_dataset_or_command():
 
 def test_the_trainer_leaves_dataset_given_task_settings_to_the_task():
     """Classes and the void label reach the task through ``TaskHead.for_dataset``."""
-    source = (REPO / "tdfusion" / "training" / "trainer.py").read_text()
-    assert not [key for key in ("num_classes", "class_names", "ignore_index") if key in source]
+    for path in (REPO / "tdfusion" / "training").glob("*.py"):
+        source = path.read_text()
+        assert not [key for key in ("num_classes", "class_names", "ignore_index") if key in source], path.name
 
     from tdfusion.tasks import get_task
 
@@ -258,7 +259,7 @@ def test_bench_builds_the_modules_as_the_trainer_does(monkeypatch):
     """``tdfusion bench`` times what training runs: its networks come from the trainer's
     ``build_modules`` and its fusion step from the same objectives."""
     from tdfusion import bench
-    from tdfusion.training import trainer as train
+    from tdfusion.training import modules as train
 
     calls = []
     original = train.build_modules
@@ -270,3 +271,76 @@ def test_bench_builds_the_modules_as_the_trainer_does(monkeypatch):
     monkeypatch.setattr(train, "build_modules", spy)
     args, cfg, _ = bench._meta_setup("recon", torch.device("cpu"))
     assert calls == ["recon"] and args[0] is not None
+
+
+# -- trainer, validator, callbacks; one evaluation loop ----------------------------------
+def _tiny_config(*extra: str) -> dict:
+    from tdfusion.cli import build_parser
+    from tdfusion.commands.train import resolve_config
+
+    argv = ["train", "--task", "recon", "--dataset", "synthetic", "fusion.dim=4", "fusion.num_blocks=1",
+            "fusion.heads=2", "lossgen.dim=4", "lossgen.num_blocks=1", "lossgen.heads=2", "task.dim=4",
+            "task.num_blocks=1", "task.heads=2", "data.crop_size=32", "dataset.options.size=[48,48]",
+            "dataset.options.length=6", "train.meta_steps=1", "train.fusion_steps=2", "train.epochs=2",
+            "run.eval_limit=2", "train.device=cpu", *extra]
+    return resolve_config(build_parser().parse_args(argv))[0]
+
+
+def test_callbacks_see_the_fit_every_checkpoint_write_and_each_epoch_with_its_metrics(tmp_path):
+    from tdfusion.training.callbacks import Callback
+    from tdfusion.training.trainer import train
+
+    events = []
+
+    class Recorder(Callback):
+        def on_fit_start(self, trainer):
+            events.append(("start", trainer.pos.global_step))
+
+        def on_checkpoint_write(self, trainer, ckpt, path):
+            events.append(("write", path.name, ckpt["step"]))
+
+        def on_epoch_end(self, trainer, epoch, metrics):
+            events.append(("epoch", epoch, sorted(metrics) if metrics else None))
+
+        def on_fit_end(self, trainer, summary):
+            events.append(("end", summary["global_steps"]))
+
+    run = tmp_path / "run"
+    train(_tiny_config("run.save_every=2", "run.samples=1"), run, callbacks=[Recorder()])
+    writes = [e[1:] for e in events if e[0] == "write"]
+    # Step checkpoints at global steps 2, 4 and 6 (last.pt; step_* are hard links), then
+    # epoch_<e>.pt and last.pt at the end of each 3-step epoch.
+    assert writes == [("last.pt", 2), ("epoch_001.pt", 3), ("last.pt", 3), ("last.pt", 4), ("last.pt", 6),
+                      ("epoch_002.pt", 6), ("last.pt", 6)]
+    epochs = [e for e in events if e[0] == "epoch"]
+    assert [e[1] for e in epochs] == [1, 2] and all("loss" in e[2] for e in epochs)
+    assert events[0] == ("start", 0) and events[-1] == ("end", 6)
+    # The default callback (samples and report) ran beside the added one.
+    assert (run / "samples" / "epoch_002.png").exists() and (run / "report" / "index.html").exists()
+
+
+def test_the_training_diagnostic_and_tdfusion_eval_score_a_checkpoint_alike(tmp_path):
+    """Both run the one evaluation loop: the trainer's validator on its fusion network and
+    ``tdfusion eval``'s scoring of that network as a source give the same metrics."""
+    from tdfusion.evaluation.sources import evaluate_source, fusion_source
+    from tdfusion.training.trainer import MetaTrainer
+
+    trainer = MetaTrainer(_tiny_config("run.samples=0"), tmp_path / "run")
+    trainer.fit()
+    diagnostic = trainer.evaluate()
+    size = trainer.cfg["data"]["task_size"]
+    scored = evaluate_source(trainer.task, trainer.task_net, fusion_source("F", trainer.fusion), trainer.test_set,
+                             size, trainer.device, limit=trainer.cfg["run"]["eval_limit"])
+    assert diagnostic.keys() == scored.keys() and diagnostic["loss"] == pytest.approx(scored["loss"], rel=1e-6)
+    assert diagnostic["loss"] > 0
+
+
+def test_only_the_evaluation_loop_drives_a_task_evaluator():
+    """Validator, ``eval`` and ``compare`` share :func:`tdfusion.evaluation.loop.evaluate_views`:
+    no other module of the package creates a task evaluator."""
+    callers = []
+    for path in (REPO / "tdfusion").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "evaluator":
+                callers.append(str(path.relative_to(REPO)))
+    assert callers == ["tdfusion/evaluation/loop.py"]

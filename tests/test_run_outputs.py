@@ -88,11 +88,11 @@ def test_step_checkpoint_is_stored_once(run):
 
 
 def test_step_save_links_instead_of_writing_twice(tmp_path):
-    from tdfusion.training.trainer import _link_or_copy
+    from tdfusion.io import link_or_copy
 
     last = tmp_path / "last.pt"
     last.write_bytes(b"checkpoint")
-    _link_or_copy(last, tmp_path / "step_1.pt")
+    link_or_copy(last, tmp_path / "step_1.pt")
     assert (tmp_path / "step_1.pt").stat().st_ino == last.stat().st_ino
     last.with_name(".new").write_bytes(b"next")
     (last.with_name(".new")).replace(last)  # how save_checkpoint replaces last.pt

@@ -18,7 +18,7 @@ from tdfusion.checkpoint import load_checkpoint, load_module
 from tdfusion.cli import main
 from tdfusion.data import build_dataset, collate, eval_view
 from tdfusion.synthetic import SEG_CLASSES, write_dataset
-from tdfusion.training.trainer import build_task
+from tdfusion.tasks import build_task
 
 SMALL = [
     "task.segformer={hidden_sizes: [8, 16, 16, 16], depths: [1, 1, 1, 1], num_attention_heads: [1, 1, 1, 1], "

@@ -12,7 +12,7 @@ from rich.console import Console
 from tdfusion.cli import main
 from tdfusion.data import build_dataset
 from tdfusion.errors import TDFusionError
-from tdfusion.results import best_at_precision
+from tdfusion.evaluation.results import best_at_precision
 
 
 def _pair_folders(root, split=None, names=("ir", "vi"), stems=("1", "2")):
@@ -92,7 +92,7 @@ def test_fuse_help_and_docs_agree_on_max_memory_default(capsys):
 
 
 def test_per_class_table_fits_80_columns():
-    from tdfusion.results import _print_per_class
+    from tdfusion.evaluation.results import _print_per_class
 
     results = {name: {"per_class": {c: {"IoU": 0.81234, "Acc": 0.9} for c in ("road", "person", "car")}}
                for name in ("fused", "ir", "vis", "runs/other")}

@@ -66,11 +66,11 @@ def checkpoint_names(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
     from ..data import build_split
-    from ..comparison import ImageSource, compare, write_payload
+    from ..evaluation.comparison import ImageSource, compare, write_payload
     from ..device import resolve_device
-    from ..downstream import downstream_settings, with_overrides
-    from ..results import print_summary_table, write_summary_csv
-    from ..training.trainer import build_task
+    from ..evaluation.downstream_settings import downstream_settings, with_overrides
+    from ..evaluation.results import print_summary_table, write_summary_csv
+    from ..tasks import build_task
 
     ckpts = [load_checkpoint(p) for p in args.checkpoint]
     # The checkpoints are only fusion networks here: the dataset and task come from

@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def emit(results: dict, args: argparse.Namespace, title: str, extra: dict | None = None) -> None:
-    from ..results import print_table, write_csv, write_json
+    from ..evaluation.results import print_table, write_csv, write_json
 
     print_table(results, title)
     primary = next(iter(results))
@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, load_module
     from ..data import build_split
     from ..device import resolve_device
-    from ..evaluate import evaluate_sources, fused_folder_source, fusion_source, input_source
-    from ..training.trainer import build_task
+    from ..evaluation.sources import evaluate_sources, fused_folder_source, fusion_source, input_source
+    from ..tasks import build_task
 
     if not args.checkpoint and not args.task_weights:
         raise TDFusionError("give --checkpoint (a tdfusion run's checkpoint) or --task-weights")

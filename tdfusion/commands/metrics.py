@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def results_table(results: Mapping, title: str | None = None) -> Table:
     """Methods as rows, metric means as columns; the best value per column in bold green,
     only where it differs from the others at the 4 decimals shown."""
-    from ..results import best_at_precision
+    from ..evaluation.results import best_at_precision
 
     table = Table(title=title, header_style="bold")
     table.add_column("method")

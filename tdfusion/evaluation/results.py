@@ -8,7 +8,7 @@ import math
 import os
 from typing import Any
 
-from .io import atomic_write
+from ..io import atomic_write
 
 __all__ = ["best_at_precision", "jsonable", "print_summary_table", "print_table", "scalar_metrics", "write_csv",
            "write_json", "write_summary_csv"]

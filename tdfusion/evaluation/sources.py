@@ -9,7 +9,7 @@ resolution.
 :func:`evaluate_sources` scores several sources with one task network, typically the one
 trained jointly with the fusion network. That favours the checkpoint it was trained
 with, so it is a diagnostic of a run, not a comparison of methods: that is
-:mod:`tdfusion.comparison` (``tdfusion compare``), which retrains the task network per
+:mod:`tdfusion.evaluation.comparison` (``tdfusion compare``), which retrains the task network per
 source.
 """
 from __future__ import annotations
@@ -17,18 +17,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from .data import collate, eval_view, to_device
-from .data.base import PairDataset, luminance
-from .errors import TDFusionError
-from .io import list_images
-from .progress import progress_bar
+from ..data.base import PairDataset, luminance
+from ..errors import TDFusionError
+from ..io import list_images
+from .loop import eval_views, evaluate_views
 
 __all__ = ["ImageSource", "evaluate_sources", "fused_folder_source", "fusion_source", "input_source"]
 
@@ -89,26 +88,12 @@ def fused_folder_source(name: str, folder: str | os.PathLike) -> ImageSource:
     return ImageSource(name, image)
 
 
-def _eval_batches(dataset: PairDataset, task_size, device, limit: int | None = None) -> Iterator[dict]:
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    for i in range(n):
-        yield to_device(collate([eval_view(dataset[i], task_size)]), device)
-
-
-@torch.no_grad()
 def evaluate_source(task, task_net: nn.Module, source: ImageSource, dataset: PairDataset, task_size,
                     device, split: str = "test", limit: int | None = None) -> dict[str, Any]:
     """Task metrics of ``task_net`` on one source over ``dataset``."""
-    evaluator = task.evaluator()
-    was_training = task_net.training
-    task_net.eval()
     total = len(dataset) if limit is None else min(limit, len(dataset))
-    with progress_bar(total, f"evaluating {source.name}", enabled=total > 1) as advance:
-        for view in _eval_batches(dataset, task_size, device, limit):
-            evaluator.update(task.predict(task_net, source.image(view, split)), view)
-            advance()
-    task_net.train(was_training)
-    return evaluator.compute()
+    return evaluate_views(task, task_net, eval_views(dataset, task_size, device, limit),
+                          lambda view: source.image(view, split), total=total, label=f"evaluating {source.name}")
 
 
 def evaluate_sources(task, task_net: nn.Module, sources: list[ImageSource], dataset: PairDataset, task_size,

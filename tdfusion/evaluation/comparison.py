@@ -2,7 +2,7 @@
 
 Every source goes through the same path (the fairness the protocol rests on):
 
-1. It is written as a *source folder* (:mod:`tdfusion.downstream`): grey 8-bit
+1. It is written as a *source folder* (:mod:`tdfusion.evaluation.source_folder`): grey 8-bit
    luminance at native resolution plus the dataset's targets. The two inputs are written
    from the dataset; a checkpoint's images are produced exactly as ``tdfusion fuse``
    produces them (native resolution, min-max stretch, fused chroma, the file it would
@@ -26,10 +26,10 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from .colour import split_luma
-from .data.base import PairDataset
-from .errors import TDFusionError
-from .io import atomic_write, list_images, read_image, to_integer, write_image
+from ..colour import split_luma
+from ..data.base import PairDataset
+from ..errors import TDFusionError
+from ..io import atomic_write, list_images, read_image, to_integer, write_image
 from .results import jsonable
 
 __all__ = ["ImageSource", "HEADLINE_METRICS", "compare", "materialize", "prepare_sources", "run_seeds",
@@ -66,7 +66,7 @@ def _folder_lookup(folder: Path, split: str):
 
 def _fuse_like_the_cli(net, dataset: PairDataset, index: int, out: Path) -> Path:
     """Write what ``tdfusion fuse`` writes for pair ``index`` (same function, same options)."""
-    from .inference import fuse_images
+    from ..inference import fuse_images
 
     a, b = dataset.source_images(index)
     if b.size != a.size:
@@ -77,7 +77,7 @@ def _fuse_like_the_cli(net, dataset: PairDataset, index: int, out: Path) -> Path
 
 
 def _write_targets(sample, split_dir: Path) -> None:
-    from .data.det import format_yolo_labels
+    from ..data.det import format_yolo_labels
 
     if "mask" in sample.target:
         mask = np.asarray(sample.target["mask"])
@@ -94,7 +94,7 @@ def materialize(source: ImageSource, splits: dict[str, PairDataset], folder: Pat
 
     net = None
     if source.kind == "checkpoint":
-        from .checkpoint import load_fusion_net
+        from ..checkpoint import load_fusion_net
 
         net, _ = load_fusion_net(source.where, device)
     any_set = next(iter(splits.values()))
@@ -158,9 +158,10 @@ def _job(spec: dict[str, Any]) -> dict[str, Any]:
     """One (source, seed) run; a top-level function so that worker processes can run it."""
     import torch
 
-    from .downstream import (DownstreamSettings, SourceFolderDataset, balanced_class_weights, evaluate_downstream,
-                             train_downstream)
-    from .training.trainer import build_task
+    from ..tasks import build_task
+    from .downstream import evaluate_downstream, train_downstream
+    from .downstream_settings import DownstreamSettings
+    from .source_folder import SourceFolderDataset, balanced_class_weights
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

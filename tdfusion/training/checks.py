@@ -1,0 +1,58 @@
+"""The run config's ranges and choices, checked before anything is built."""
+from __future__ import annotations
+
+from ..errors import TDFusionError
+from ..meta.updates import G_UPDATE_RULES
+from ..precision import PRECISIONS
+from .runlog import LOGGERS
+
+__all__ = ["check_values"]
+
+#: (key, smallest allowed value) of the whole-number settings; None where null is allowed.
+_MINIMUM = {"data.batch_size": 1, "data.crop_size": 8, "data.num_workers": 0, "train.epochs": 1,
+            "train.warmup_epochs": 0,
+            "train.meta_steps": 0, "train.fusion_steps": 1, "train.seed": 0, "run.save_every": 1, "run.keep": 1,
+            "run.samples": 0, "run.eval_every": 0, "run.eval_limit": 1, "optim.step_size": 1}
+_NULLABLE = {"train.fusion_steps", "run.eval_limit"}
+_CHOICES = {"loss.intensity": ("paper", "reference"), "meta.g_update": G_UPDATE_RULES,
+            "meta.gradient": ("jvp", "second_order"), "meta.task_inner_step": ("sgd", "adam"),
+            "optim.schedule": ("step", "cosine", "none"), "train.precision": PRECISIONS}
+
+
+def check_values(cfg: dict) -> None:
+    """Ranges and choices of the run config, checked before anything is built, so a bad
+    value is one clear error instead of a failure deep inside a library."""
+    def get(key: str):
+        section, name = key.split(".")
+        return cfg[section][name]
+
+    for key, low in _MINIMUM.items():
+        value = get(key)
+        if value is None and key in _NULLABLE:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise TDFusionError(f"config key {key!r}: expected a whole number >= {low}, got {value!r}")
+    for key, choices in _CHOICES.items():
+        if get(key) not in choices:
+            raise TDFusionError(f"config key {key!r}: {get(key)!r} is not one of {', '.join(choices)}")
+    for key in ("optim.lr_fusion", "optim.lr_task", "optim.lr_lossgen", "optim.gamma", "meta.inner_lr",
+                "meta.task_inner_lr"):
+        value = get(key)
+        if value is None and key.startswith("meta."):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise TDFusionError(f"config key {key!r}: expected a number >= 0, got {value!r}")
+    # A run resumed from a checkpoint older than run.loggers kept only the JSONL log: so it stays.
+    loggers = cfg["run"].setdefault("loggers", ["jsonl"])
+    if not isinstance(loggers, list) or any(name not in LOGGERS for name in loggers):
+        raise TDFusionError(f"config key 'run.loggers': expected a list of {', '.join(LOGGERS)}, got {loggers!r}")
+    for key in ("task.name", "dataset.name", "dataset.train_split", "fusion.arch", "lossgen.arch"):
+        if not isinstance(get(key), str) or not get(key):
+            raise TDFusionError(f"config key {key!r}: expected a name, got {get(key)!r}")
+    if not isinstance(cfg["dataset"].get("options") or {}, dict):
+        raise TDFusionError(f"config key 'dataset.options': expected a mapping, got {cfg['dataset']['options']!r}")
+    size = get("data.task_size")
+    if size is not None and not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in size)):
+        raise TDFusionError(f"config key 'data.task_size': expected null or [height, width] (whole numbers >= 8), "
+                            f"got {size!r}")
