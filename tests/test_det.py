@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from tdfusion.tasks import create_task
-from tdfusion.tasks.det import PAD_VALUE, coco_map, decode_predictions
+from tdfusion.tasks.det import coco_map
+from tdfusion.tasks.yolo import PAD_VALUE, decode_predictions
 from tdfusion.errors import TDFusionError
 
 REPO = Path(__file__).resolve().parents[1]

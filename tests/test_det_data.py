@@ -15,8 +15,8 @@ import yaml
 
 from tdfusion.cli import main
 from tdfusion.data import Sample, build_dataset, collate, eval_view, train_view
-from tdfusion.data.det import (LLVIP_CLASSES, M3FD_CLASSES, MSRS_DET_CLASSES, parse_voc_xml, parse_yolo_labels,
-                               read_split_list)
+from tdfusion.data.det import LLVIP_CLASSES, M3FD_CLASSES, MSRS_DET_CLASSES
+from tdfusion.data.det_labels import parse_voc_xml, parse_yolo_labels, read_split_list
 from tdfusion.errors import TDFusionError
 
 REPO = Path(__file__).resolve().parents[1]

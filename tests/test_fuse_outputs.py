@@ -101,7 +101,7 @@ def test_help_does_not_import_torch(command):
 
 def test_convert_presets_named_in_the_parser_are_the_readers():
     from tdfusion.commands import convert
-    from tdfusion.data import det
+    from tdfusion.data import det_labels
 
     assert set(convert.PRESET_NAMES) == set(convert.presets())
-    assert convert.DEFAULT_TOLERANCE == det.DEFAULT_TOLERANCE
+    assert convert.DEFAULT_TOLERANCE == det_labels.DEFAULT_TOLERANCE

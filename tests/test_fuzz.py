@@ -23,7 +23,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from tdfusion.checkpoint import load_fusion_net, module_record  # noqa: E402
 from tdfusion.config import apply_overrides, load_config, validate  # noqa: E402
-from tdfusion.data.det import parse_yolo_labels  # noqa: E402
+from tdfusion.data.det_labels import parse_yolo_labels  # noqa: E402
 from tdfusion.data.seg import check_label_values, read_label  # noqa: E402
 from tdfusion.errors import TDFusionError  # noqa: E402
 from tdfusion.io import image_size, read_image  # noqa: E402

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from tdfusion.tasks import create_task
-from tdfusion.tasks.seg import (SegmentationEvaluator, build_segformer, confusion_matrix, segmentation_loss,
-                       segmentation_metrics, upsample_logits)
+from tdfusion.tasks.seg import (SegmentationEvaluator, confusion_matrix, segmentation_loss, segmentation_metrics,
+                                upsample_logits)
+from tdfusion.tasks.segformer import build_segformer
 from tdfusion.errors import TDFusionError
 
 # A SegFormer small enough for float64 finite differences; 16x16 inputs work with these

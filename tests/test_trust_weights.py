@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tdfusion.tasks.det import build_yolov8, load_yolov8_weights
+from tdfusion.tasks.yolo import build_yolov8, load_yolov8_weights
 from tdfusion.cli import main
 from tdfusion.errors import TDFusionError
 

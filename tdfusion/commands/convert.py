@@ -13,7 +13,7 @@ from . import SUMMARY
 
 # The parser is built without importing the dataset readers (numpy, OpenCV, the dataset
 # registry: --help would take seconds), so it names the presets and the default tolerance
-# itself; tests/test_fuse_outputs.py checks them against tdfusion.data.det.
+# itself; tests/test_fuse_outputs.py checks them against tdfusion.data.det and det_labels.
 PRESET_NAMES = ("llvip", "m3fd", "msrs_det")
 DEFAULT_TOLERANCE = 0.01
 
@@ -54,7 +54,7 @@ def run_voc2yolo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..data.det import read_class_names, read_split_list, voc_to_yolo
+    from ..data.det_labels import read_class_names, read_split_list, voc_to_yolo
 
     if args.tolerance < 0:
         raise TDFusionError(f"--tolerance must be >= 0, not {args.tolerance}")

@@ -77,7 +77,7 @@ def _fuse_like_the_cli(net, dataset: PairDataset, index: int, out: Path) -> Path
 
 
 def _write_targets(sample, split_dir: Path) -> None:
-    from ..data.det import format_yolo_labels
+    from ..data.det_labels import format_yolo_labels
 
     if "mask" in sample.target:
         mask = np.asarray(sample.target["mask"])

@@ -49,7 +49,7 @@ class SourceFolderDataset(PairListDataset):
     """One split of a source folder: ``Sample(a=image, b=image, target)``, native resolution."""
 
     def __init__(self, folder: str | os.PathLike, split: str, cache: bool = True):
-        from ..data.det import parse_yolo_labels
+        from ..data.det_labels import parse_yolo_labels
         from ..data.seg import read_label
 
         self.folder = Path(folder)
