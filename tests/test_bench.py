@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tdfusion import bench
+from tdfusion.bench.measure import count_flops
 from tdfusion.cli import main
 from tdfusion.nets import FusionNet
 
@@ -29,7 +30,7 @@ def test_depthwise_convolution_backward_is_counted_once_per_gradient():
         F.conv2d(x, weight, padding=1, groups=c).sum().backward()
 
     forward = 2 * n * c * h * w * 9
-    assert bench._count_flops(fn) == 3 * forward  # forward, input gradient, weight gradient
+    assert count_flops(fn) == 3 * forward  # forward, input gradient, weight gradient
 
 
 def test_fusion_network_flops_match_the_reference_figure():

@@ -258,7 +258,7 @@ def test_the_trainer_leaves_dataset_given_task_settings_to_the_task():
 def test_bench_builds_the_modules_as_the_trainer_does(monkeypatch):
     """``tdfusion bench`` times what training runs: its networks come from the trainer's
     ``build_modules`` and its fusion step from the same objectives."""
-    from tdfusion import bench
+    from tdfusion.bench.meta import meta_setup
     from tdfusion.training import modules as train
 
     calls = []
@@ -269,7 +269,7 @@ def test_bench_builds_the_modules_as_the_trainer_does(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(train, "build_modules", spy)
-    args, cfg, _ = bench._meta_setup("recon", torch.device("cpu"))
+    args, cfg, _ = meta_setup("recon", torch.device("cpu"))
     assert calls == ["recon"] and args[0] is not None
 
 

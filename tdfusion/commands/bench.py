@@ -206,7 +206,7 @@ def _run_vs_official(args: argparse.Namespace, console, hw: dict, say) -> int:
     """``--vs-official``: the official network beside ``tdfusion fuse``, one process, alternating rounds."""
     from rich.table import Table
 
-    from ..vs_official import bench_vs_official
+    from ..bench.vs_official import bench_vs_official
 
     if not (args.checkpoint and args.a and args.b):
         raise TDFusionError("--vs-official needs --checkpoint (a published ReFusion_*.pth) and --a/--b folders")

@@ -35,9 +35,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .errors import TDFusionError
-from .colour import split_luma
-from .io import match_pairs, read_image
+from ..errors import TDFusionError
+from ..colour import split_luma
+from ..io import match_pairs, read_image
 
 __all__ = ["bench_vs_official", "load_official"]
 
@@ -93,7 +93,7 @@ def bench_vs_official(official: str | os.PathLike, checkpoint: str | os.PathLike
     Returns:
         per-round times, medians, the ratio official / ours and the outputs' max difference.
     """
-    from .cli import main
+    from ..cli import main
 
     if pairs < 2:
         raise TDFusionError("--vs-pairs must be at least 2")
@@ -103,8 +103,8 @@ def bench_vs_official(official: str | os.PathLike, checkpoint: str | os.PathLike
     chosen = found[:pairs]
     cls = load_official(official, class_name)
     ref = cls()
-    from .checkpoint import safe_torch_load
-    from .hub import resolve_checkpoint
+    from ..checkpoint import safe_torch_load
+    from ..hub import resolve_checkpoint
 
     state = safe_torch_load(resolve_checkpoint(checkpoint))
     try:
