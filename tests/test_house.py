@@ -344,3 +344,9 @@ def test_only_the_evaluation_loop_drives_a_task_evaluator():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "evaluator":
                 callers.append(str(path.relative_to(REPO)))
     assert callers == ["tdfusion/evaluation/loop.py"]
+
+
+def test_no_module_of_the_package_or_its_tasks_is_over_400_lines():
+    lengths = {str(p.relative_to(REPO)): len(p.read_text().splitlines())
+               for folder in ("tdfusion", "tasks") for p in (REPO / folder).rglob("*.py")}
+    assert {path: n for path, n in lengths.items() if n > 400} == {}
