@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .chunked import fuse_banded, plan_bands
 from .hostinfo import cpu_model
 from .nets import FusionNet
+from .nets.band_plan import plan_bands
+from .nets.banded import fuse_banded
 
 __all__ = ["hardware", "bench_inference", "bench_meta", "bench_data", "MemoryPeak", "profile_breakdown",
            "machine_roofline"]
@@ -173,7 +174,7 @@ def bench_inference(net: FusionNet, sizes: list[tuple[int, int]], device: torch.
                     progress: Callable[[str], None] | None = None, profile_top: int = 0) -> list[dict[str, Any]]:
     """Time fusing one pair per size along each path.
 
-    Paths: ``banded`` (the default inference path, :func:`tdfusion.chunked.fuse_banded`),
+    Paths: ``banded`` (the default inference path, :func:`tdfusion.nets.banded.fuse_banded`),
     ``module`` (the optimised module's forward on the whole image), ``plain`` (the plain
     NCHW formulation of :mod:`tdfusion.nets.reference`, i.e. the code before issue 7).
     ``profile_top > 0`` adds each figure's :func:`profile_breakdown` (that many operators).
