@@ -38,6 +38,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from ..device import exact_float32
 from .band_plan import keep_freed_memory, plan_bands
@@ -67,7 +68,9 @@ def _conv3x3(x: torch.Tensor, weight: torch.Tensor, groups: int, pad_top: int, p
     # Border bands: let the convolution pad both sides and drop the output row that is
     # not wanted, instead of copying the band into a zero-padded tensor (F.pad).
     pad = 1 if (pad_top or pad_bottom) else 0
-    # (h, W, C) contiguous is exactly a channels-last (1, C, h, W) tensor: no copy.
+    # (h, W, C) contiguous is exactly a channels-last (1, C, h, W) tensor: no copy. Not
+    # einops' "h w c -> 1 c h w": its batch axis gets a stride that conv2d reads as NCHW
+    # memory, and the convolution copies and runs 10x slower (measured).
     y = F.conv2d(x.unsqueeze(0).permute(0, 3, 1, 2), weight, padding=(pad, 1), groups=groups)
     y = y[0].permute(1, 2, 0)  # contiguous when oneDNN kept channels-last
     if pad and not pad_top:
@@ -84,7 +87,7 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
     at these sizes it is 2-6x faster than a per-head batched product plus a strided
     norm reduction (measured), although it also computes unused cross-head entries.
     """
-    m = x.reshape(-1, x.shape[-1])
+    m = rearrange(x, "h w m -> (h w) m")
     if m.dtype == torch.float16:  # a band's sums leave float16's range (see blocks.pixel_products)
         m = m.float()
     return (m.t() @ m).double()
@@ -167,7 +170,7 @@ def _restormer(x: torch.Tensor, blk: RestormerBlock, rows: int) -> None:
         v = pointwise(blk.norm1.forward_cl(xb), w_qkv[2 * c:])
         v = _conv3x3(v, w_dw[2 * c:], c, lo - (ya - 1), (yb + 1) - hi)           # rows [ya, yb)
         y = torch.addmm(xb[ya - lo:yb - lo].reshape(-1, c), v.reshape(-1, c), mix.t())
-        y = y.view(yb - ya, -1, c)
+        y = rearrange(y, "(h w) c -> h w c", h=yb - ya)
         t = blk.norm2.forward_cl(y)
         pt, pb = ya - (r0 - 1), (r1 + 1) - yb
         # Gate and value as separate contiguous tensors: GELU on a strided channel slice
@@ -176,7 +179,7 @@ def _restormer(x: torch.Tensor, blk: RestormerBlock, rows: int) -> None:
         g = F.gelu(gate).mul_(_conv3x3(pointwise(t, w_exp[hidden:]), w_exp_dw[hidden:], hidden, pt, pb))
         out = torch.addmm(y[r0 - ya:r1 - ya].reshape(-1, c), g.reshape(-1, hidden), w_out.t())
         carry = xb[max(r1 - 2, 0) - lo:r1 - lo].clone()
-        x[r0:r1] = out.view(r1 - r0, -1, c)
+        x[r0:r1] = rearrange(out, "(h w) c -> h w c", h=r1 - r0)
 
 
 def _adaptive_fusion(joint: torch.Tensor, afm: AdaptiveFusion, rows: int) -> None:
@@ -216,7 +219,7 @@ def _adaptive_fusion(joint: torch.Tensor, afm: AdaptiveFusion, rows: int) -> Non
         # y = [xa + M_a va, xb + M_b vb], rows [ya, yb)
         y = torch.cat([torch.addmm(core[..., :c].reshape(-1, c), va.reshape(-1, c), mix_a.t()),
                        torch.addmm(core[..., c:].reshape(-1, c), vb.reshape(-1, c), mix_b.t())], dim=1)
-        y = y.view(yb - ya, -1, c2)
+        y = rearrange(y, "(h w) c -> h w c", h=yb - ya)
         pt, pb = ya - (r0 - 1), (r1 + 1) - yb
         # rows [r0, r1); each gate computed on its own so that GELU runs on contiguous data
         gate_a = _conv3x3(pointwise(y, w_gate[:wide]), w_gate_dw[:wide], wide, pt, pb)
@@ -228,7 +231,7 @@ def _adaptive_fusion(joint: torch.Tensor, afm: AdaptiveFusion, rows: int) -> Non
         out = torch.addmm(y[r0 - ya:r1 - ya].reshape(-1, c2), ga, w_pa.t())
         out.addmm_(gb, w_pb.t())
         carry = jb[max(r1 - 2, 0) - lo:r1 - lo].clone()
-        joint[r0:r1] = out.view(r1 - r0, -1, c2)
+        joint[r0:r1] = rearrange(out, "(h w) c -> h w c", h=r1 - r0)
 
 
 def _head(joint: torch.Tensor, head: torch.nn.Sequential, out: torch.Tensor, rows: int) -> None:
