@@ -1,7 +1,7 @@
 """Fusing image pairs with a trained fusion network (library API behind ``tdfusion fuse``).
 
 A :class:`~tdfusion.nets.FusionNet` runs through the exact banded executor
-(:mod:`tdfusion.chunked`): the same result as the module's forward pass (to float
+(:mod:`tdfusion.nets.banded`): the same result as the module's forward pass (to float
 rounding), several times faster on CPU, and with a memory bound for large images.
 Other networks, and ``reference=True``, run the module's forward pass on the whole image.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .chunked import fuse_banded
+from .nets.banded import fuse_banded
 from .colour import merge_luma, pair_chroma, split_luma
 from .device import exact_float32
 from .io import Image, to_integer

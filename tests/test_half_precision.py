@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tdfusion import chunked
 from tdfusion.inference import fuse_luma
-from tdfusion.nets import FusionNet
+from tdfusion.nets import FusionNet, banded
 from tdfusion.nets.blocks import pixel_gram, pixel_products
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,8 +34,8 @@ def test_float16_network_matches_float32_on_a_whole_image():
         ref = net(a[None, None], b[None, None])[0, 0]
         net.half()
         module = net(a.half()[None, None], b.half()[None, None])[0, 0].float()
-        banded = chunked.fuse_banded(net, a, b, band_rows=256).float()  # one band, as on a GPU
-    for out in (module, banded):
+        in_bands = banded.fuse_banded(net, a, b, band_rows=256).float()  # one band, as on a GPU
+    for out in (module, in_bands):
         assert torch.isfinite(out).all()
         assert (out - ref).abs().max().item() < 5e-3
 
@@ -57,8 +56,8 @@ def test_inference_runs_without_tf32(monkeypatch, reference):
         original = net.head.forward
         monkeypatch.setattr(net.head, "forward", spy)
     else:
-        original = chunked._head
-        monkeypatch.setattr(chunked, "_head", spy)
+        original = banded._head
+        monkeypatch.setattr(banded, "_head", spy)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     y = np.random.default_rng(0).random((16, 16), dtype=np.float32)
     fuse_luma(net, y, y, reference=reference)

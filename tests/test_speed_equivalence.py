@@ -5,7 +5,7 @@
   equations with ``F.conv2d`` and ``channel_layer_norm`` / ``transposed_attention``,
   themselves checked against textbook loops in test_nets.py): outputs, first- and
   second-order gradients, float64.
-* The exact banded executor (``tdfusion.chunked``) against the unchunked network, with
+* The exact banded executor (``tdfusion.nets.banded``) against the unchunked network, with
   band heights that force many bands, odd sizes and every border case; and against the
   published reference output of a real checkpoint.
 * The first-order meta-gradient (``tdfusion.meta.jvp``) against the engine's
@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from tdfusion.chunked import fuse_banded, parse_memory, plan_bands
 from tdfusion.errors import TDFusionError
 from tdfusion.inference import fuse_luma
 from tdfusion.nets import FusionNet, LossGenerator
+from tdfusion.nets.band_plan import parse_memory, plan_bands
+from tdfusion.nets.banded import fuse_banded
 from tdfusion.nets.blocks import attention_mixing, transposed_attention
 from tdfusion.nets.reference import plain_fusion, plain_lossgen
 

@@ -7,7 +7,8 @@ from typing import Any, Callable
 import torch
 
 from ..nets import FusionNet
-from ..chunked import fuse_banded, plan_bands
+from ..nets.band_plan import plan_bands
+from ..nets.banded import fuse_banded
 from .measure import MemoryPeak, count_flops, timed, timing_row
 from .profile import profile_breakdown
 
@@ -37,7 +38,7 @@ def bench_inference(net: FusionNet, sizes: list[tuple[int, int]], device: torch.
                     progress: Callable[[str], None] | None = None, profile_top: int = 0) -> list[dict[str, Any]]:
     """Time fusing one pair per size along each path.
 
-    Paths: ``banded`` (the default inference path, :func:`tdfusion.chunked.fuse_banded`),
+    Paths: ``banded`` (the default inference path, :func:`tdfusion.nets.banded.fuse_banded`),
     ``module`` (the optimised module's forward on the whole image), ``plain`` (the plain
     NCHW formulation of :mod:`tdfusion.nets.reference`, i.e. the code before issue 7).
     ``profile_top > 0`` adds each figure's :func:`profile_breakdown` (that many operators).

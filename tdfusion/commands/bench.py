@@ -254,8 +254,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .. import bench
-    from ..chunked import parse_memory
     from ..device import resolve_device
+    from ..nets.band_plan import parse_memory
 
     if args.repeats < 1 or args.warmup < 0 or args.profile < 0:
         raise TDFusionError("--repeats must be >= 1, --warmup and --profile >= 0")

@@ -116,7 +116,7 @@ def _check_pair_size(pa, pb, sa: tuple[int, int], sb: tuple[int, int], resize_b:
 
 def _check_memory(net, sized_paths, args: argparse.Namespace, device) -> None:
     """Fail before writing anything if an image cannot fit --max-memory (or, on GPU, its free memory)."""
-    from ..chunked import plan_bands
+    from ..nets.band_plan import plan_bands
 
     if args.max_memory is None and args.chunk_rows is None and device.type != "cuda":
         return
@@ -155,7 +155,7 @@ def _share_memory_bound(args: argparse.Namespace, jobs: int) -> argparse.Namespa
     """Pairs in flight share --max-memory: each gets its part (bytes)."""
     if args.max_memory is None or jobs == 1:
         return args
-    from ..chunked import parse_memory
+    from ..nets.band_plan import parse_memory
 
     return argparse.Namespace(**{**vars(args), "max_memory": parse_memory(args.max_memory) // jobs})
 
@@ -277,7 +277,7 @@ def _fuse_frames(net, frames, args: argparse.Namespace, batched: bool) -> list:
     """Fused frames (float [0, 1]) of a batch of ``(a, b)`` decoded frames.
 
     ``batched`` (on GPU): the batch is one network call. Otherwise (CPU) each frame goes
-    through the banded executor (:mod:`tdfusion.chunked`), which keeps the work in cache
+    through the banded executor (:mod:`tdfusion.nets.banded`), which keeps the work in cache
     and is as fast per frame as a batched call there.
     """
     import numpy as np

@@ -1,4 +1,5 @@
-"""Networks: the fusion network F and the loss generation module G, built by name."""
+"""Networks: the fusion network F and the loss generation module G, built by name; F runs band
+by band, exactly, in :mod:`.banded` (band heights and memory: :mod:`.band_plan`)."""
 from .blocks import ChannelLayerNorm, GatedFeedForward, RestormerBlock, TransposedAttention
 from .fusion import AdaptiveFusion, FusionNet
 from .lossgen import LossGenerator

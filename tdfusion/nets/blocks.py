@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 
 __all__ = [
@@ -58,12 +59,12 @@ _NORM_EPS = 1e-12  # F.normalize's default, used by the reference attention
 
 def channels_last_view(x: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W) -> (B, H, W, C)``; a view (contiguous when ``x`` is channels-last)."""
-    return x.permute(0, 2, 3, 1)
+    return rearrange(x, "b c h w -> b h w c")
 
 
 def from_channels_last(x: torch.Tensor) -> torch.Tensor:
     """``(B, H, W, C) -> (B, C, H, W)`` view, channels-last memory format when ``x`` is contiguous."""
-    return x.permute(0, 3, 1, 2)
+    return rearrange(x, "b h w c -> b c h w")
 
 
 # ---------------------------------------------------------------------------------------
@@ -107,8 +108,8 @@ def pixel_products(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     turn into inf and the attention into NaN (seen on an H200, ``tdfusion bench
     --precision float16``). bfloat16 has float32's range and keeps its speed.
     """
-    mx = x.reshape(x.shape[0], -1, x.shape[-1])
-    my = y.reshape(y.shape[0], -1, y.shape[-1])
+    mx = rearrange(x, "b h w m -> b (h w) m")
+    my = rearrange(y, "b h w n -> b (h w) n")
     if _sums_in_float16(mx):
         with torch.autocast(mx.device.type, enabled=False):
             return mx.float().transpose(1, 2) @ my.float()
@@ -155,7 +156,7 @@ def mixing_from_stats(qk: torch.Tensor, q_sq: torch.Tensor, k_sq: torch.Tensor, 
     d = c // heads
     qn = q_sq.sqrt().clamp_min(_NORM_EPS)
     kn = k_sq.sqrt().clamp_min(_NORM_EPS)
-    scale = temperature.reshape(heads, 1).expand(heads, d).reshape(c, 1)
+    scale = repeat(temperature, "head 1 1 -> (head d) 1", d=d)
     logits = qk / (qn.unsqueeze(2) * kn.unsqueeze(1)) * scale
     head_of = torch.arange(c, device=qk.device) // d
     same_head = head_of.unsqueeze(1) == head_of.unsqueeze(0)
@@ -174,10 +175,10 @@ def attention_mixing(q: torch.Tensor, k: torch.Tensor, temperature: torch.Tensor
 
 def apply_mixing(x: torch.Tensor, v: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     """``x + v @ mix^T`` per image: ``(B, H, W, C)``, ``(B, H, W, C)``, ``(B, C_out, C)`` -> ``(B, H, W, C_out)``."""
-    b, h, w, _ = x.shape
+    pixels = "b h w c -> b (h w) c"
     # mix is float32 when the statistics were (float16, see pixel_products); values in [-|P|, |P|]
-    out = torch.baddbmm(x.reshape(b, h * w, -1), v.reshape(b, h * w, -1), mix.transpose(1, 2).to(v.dtype))
-    return out.view(b, h, w, -1)
+    out = torch.baddbmm(rearrange(x, pixels), rearrange(v, pixels), mix.transpose(1, 2).to(v.dtype))
+    return rearrange(out, "b (h w) c -> b h w c", h=x.shape[1])
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,8 +197,8 @@ def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     """
     # F.layer_norm on a channels-last view is one fused kernel; computing mean/var by
     # hand on a (B, HW, C) copy is what made the reference slow.
-    y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, eps)
-    return y.permute(0, 3, 1, 2)
+    y = F.layer_norm(channels_last_view(x), (x.shape[1],), weight, bias, eps)
+    return from_channels_last(y)
 
 
 def transposed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -215,13 +216,12 @@ def transposed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Returns:
         ``(B, C, H, W)``.
     """
-    b, c, h, w = q.shape
-    shape = (b, heads, c // heads, h * w)
-    q = F.normalize(q.reshape(shape), dim=-1)
-    k = F.normalize(k.reshape(shape), dim=-1)
+    split = "b (head d) h w -> b head d (h w)"
+    q = F.normalize(rearrange(q, split, head=heads), dim=-1)
+    k = F.normalize(rearrange(k, split, head=heads), dim=-1)
     attn = (q @ k.transpose(-2, -1)) * temperature
-    out = attn.softmax(dim=-1) @ v.reshape(shape)
-    return out.reshape(b, c, h, w)
+    out = attn.softmax(dim=-1) @ rearrange(v, split, head=heads)
+    return rearrange(out, "b head d (h w) -> b (head d) h w", h=v.shape[2])
 
 
 # ---------------------------------------------------------------------------------------
