@@ -24,10 +24,6 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
-from ..io import atomic_write
-
 __all__ = ["BEST", "CONFIG", "EVAL_LOG", "EVAL_LOG_CSV", "LAST", "REPORT", "SAMPLES", "SUMMARY", "TRAIN_LOG", "TRAIN_LOG_CSV",
            "epoch_checkpoint", "epoch_sheet", "read_log", "step_checkpoint", "truncate_logs", "write_summary"]
 
@@ -58,6 +54,9 @@ def epoch_sheet(epoch: int) -> str:
 def truncate_logs(run_dir: Path, global_step: int, epoch: int) -> None:
     """Drop the log lines written after a checkpoint at ``(global_step, epoch)``: a resumed
     run logs those steps again."""
+    # Imported here: the command line imports this module for --help, and io pulls in OpenCV.
+    from ..io import atomic_write
+
     for name, key, limit in ((TRAIN_LOG, "global_step", global_step), (EVAL_LOG, "epoch", epoch)):
         path = Path(run_dir) / name
         if not path.exists():
@@ -83,6 +82,10 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 def write_summary(run_dir: Path, epoch: int, global_step: int, phases: Sequence[str]) -> dict[str, Any]:
     """``summary.json``: the mean losses of each phase in the last epoch and the last
     evaluation, from the run's logs; returned as well."""
+    import numpy as np
+
+    from ..io import atomic_write
+
     run_dir = Path(run_dir)
     summary: dict[str, Any] = {"run": str(run_dir), "epochs": epoch, "global_steps": global_step}
     records = read_log(run_dir / TRAIN_LOG)
