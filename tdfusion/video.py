@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from .errors import TDFusionError
-from .io import Image, _to_unit_float, list_images, publish, read_image
+from .io import Image, _to_unit_float, image_size, list_images, publish, read_image
 
 __all__ = ["CODECS", "VIDEO_EXTENSIONS", "FrameStream", "VideoWriter", "is_video", "open_stream"]
 
@@ -66,13 +66,13 @@ def _folder_stream(folder: Path) -> FrameStream:
     if not images:
         raise TDFusionError(f"{folder}: no frames (images) in this folder")
     names = sorted(images, key=_natural_key)
-    first = read_image(images[names[0]])
+    size = image_size(images[names[0]])  # its header: the frame is decoded when its turn comes
 
     def frames() -> Iterator[Image]:
         for name in names:
             yield read_image(images[name])
 
-    return FrameStream(folder, len(names), first.size, None, names, frames)
+    return FrameStream(folder, len(names), size, None, names, frames)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import shutil
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -135,6 +136,6 @@ def test_mirror_may_be_a_folder_and_paths_still_win(shared_data, tmp_path, monke
 def test_default_cache_is_the_user_cache_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("TDFUSION_HOME", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    if hub.cache_dir().parent.parent != tmp_path / "xdg":
-        pytest.skip("not an XDG platform")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("XDG_CACHE_HOME is the user cache folder on Linux only")
     assert hub.cache_dir() == tmp_path / "xdg" / "tdfusion" / "models"
