@@ -35,7 +35,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import TDFusionError
-from .io import Image
+from .io import Image, collapse_gray
 
 __all__ = ["Fuser", "fusion_metrics", "to_image"]
 
@@ -127,13 +127,6 @@ def _unit_pixels(arr: np.ndarray, name: str, data_range: float | None) -> tuple[
     raise TDFusionError(f"{name}: unsupported dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
 
 
-def _collapse_gray(x: np.ndarray) -> np.ndarray:
-    # tdfusion fuse's rule (tdfusion.io): an RGB image with three equal channels is grey.
-    if x.ndim == 3 and np.array_equal(x[:, :, 0], x[:, :, 1]) and np.array_equal(x[:, :, 1], x[:, :, 2]):
-        return np.ascontiguousarray(x[:, :, 0])
-    return x
-
-
 def to_image(x: Any, name: str = "image", data_range: float | None = None) -> tuple[Image, _Kind]:
     """An input in any supported kind -> (:class:`~tdfusion.io.Image` as ``tdfusion fuse``
     reads it, its kind). ``data_range``: the value of white where the dtype does not say
@@ -142,7 +135,7 @@ def to_image(x: Any, name: str = "image", data_range: float | None = None) -> tu
     shape or range."""
     arr, kind = _numpy_of(x, name)
     pixels, depth = _unit_pixels(np.asarray(arr), name, data_range)
-    return Image(_collapse_gray(pixels), depth), kind
+    return Image(collapse_gray(pixels), depth), kind  # tdfusion fuse's rule
 
 
 def _result_kind(ka: _Kind, kb: _Kind) -> _Kind:

@@ -17,7 +17,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -27,8 +27,8 @@ from .errors import TDFusionError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "Image", "atomic_write", "image_size", "link_or_copy", "list_images", "match_pairs", "pil_open",
-    "publish", "read_image", "to_integer", "write_image",
+    "IMAGE_EXTENSIONS", "Image", "atomic_write", "collapse_gray", "image_size", "link_or_copy", "list_images",
+    "match_pairs", "pil_open", "publish", "read_image", "to_integer", "write_image",
 ]
 
 
@@ -81,6 +81,15 @@ def _quiet_imdecode(data: np.ndarray) -> np.ndarray | None:
         cv2.utils.logging.setLogLevel(level)
 
 
+def collapse_gray(pixels: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` whose three channels are equal -> ``(H, W)``: such an image is grey
+    (a grey image saved as RGB); anything else unchanged."""
+    if pixels.ndim == 3 and np.array_equal(pixels[:, :, 0], pixels[:, :, 1]) \
+            and np.array_equal(pixels[:, :, 1], pixels[:, :, 2]):
+        return np.ascontiguousarray(pixels[:, :, 0])
+    return pixels
+
+
 def _to_unit_float(raw: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
     if raw.ndim == 3 and raw.shape[2] == 1:
         raw = raw[:, :, 0]
@@ -93,8 +102,7 @@ def _to_unit_float(raw: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
             raw = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
         else:
             raise TDFusionError(f"{path}: unsupported number of channels ({raw.shape[2]})")
-    if raw.ndim == 3 and np.array_equal(raw[:, :, 0], raw[:, :, 1]) and np.array_equal(raw[:, :, 1], raw[:, :, 2]):
-        raw = raw[:, :, 0]
+    raw = collapse_gray(raw)
     if raw.dtype == np.uint8:
         return raw.astype(np.float32) / 255.0, 8
     if raw.dtype == np.uint16:
@@ -223,17 +231,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_image(path: str | os.PathLike, pixels: np.ndarray, durable: bool = True) -> None:
+def write_image(path: str | os.PathLike, pixels: np.ndarray, durable: bool = True,
+                params: Sequence[int] = ()) -> None:
     """Write a uint8/uint16 ``(H, W)`` or RGB ``(H, W, 3)`` array atomically.
 
     ``durable=False`` is for scratch files (e.g. ``tdfusion compare``'s source folders):
     the same bytes, written without the two fsyncs, which on a busy disk cost more than
-    encoding a small image.
+    encoding a small image. ``params``: OpenCV's encoder flags (e.g. JPEG quality).
     """
     path = Path(path)
     if pixels.ndim == 3:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(path.suffix or ".png", pixels)
+    ok, buf = cv2.imencode(path.suffix or ".png", pixels, list(params))
     if not ok:
         raise TDFusionError(f"{path}: cannot encode image in this format")
     if not durable:

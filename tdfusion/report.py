@@ -283,16 +283,6 @@ def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in label).strip("_") or "panel"
 
 
-def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
-    from .io import atomic_write
-
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, _THUMB_QUALITY])
-    if not ok:
-        raise TDFusionError(f"{path}: cannot encode JPEG")
-    with atomic_write(path) as fh:
-        fh.write(buf.tobytes())
-
-
 def write_report(out: str | os.PathLike, entries: Iterable[ReportEntry], *,
                  summary: Mapping | None = None, title: str = "tdfusion report",
                  notes: Sequence[str] = (), height: int = 320, columns: int = 4,
@@ -320,7 +310,8 @@ def write_report(out: str | os.PathLike, entries: Iterable[ReportEntry], *,
         sections = []
         for entry in entries:
             sheet = contact_sheet(entry.panels, height, columns, mark=crop)
-            _write_jpeg(tmp / "sheets" / f"{entry.stem}.jpg", sheet)
+            write_image(tmp / "sheets" / f"{entry.stem}.jpg", sheet,
+                        params=(cv2.IMWRITE_JPEG_QUALITY, _THUMB_QUALITY))
             links = []
             for i, (label, pixels) in enumerate(entry.panels):
                 name = f"{i}_{_safe(label)}.png"
