@@ -153,7 +153,7 @@ def _result_kind(ka: _Kind, kb: _Kind) -> _Kind:
 
 def _from_unit(pixels: np.ndarray, kind: _Kind) -> Any:
     """float [0, 1] result -> the kind of the inputs (rounded like tdfusion fuse's files)."""
-    from .inference import to_integer
+    from .io import to_integer
 
     dtype = np.dtype(kind.dtype)
     if dtype.kind == "u":

@@ -202,7 +202,8 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     writer) into place as :func:`atomic_write` does: the mode ``open()`` would give, fsync
     of the file, rename, fsync of the folder."""
     tmp, path = Path(tmp), Path(path)
-    os.chmod(tmp, _mode_of(path))  # mkstemp made it 0600
+    with contextlib.suppress(OSError):  # mkstemp made it 0600; as in atomic_write, a mode is not worth failing for
+        os.chmod(tmp, _mode_of(path))
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)

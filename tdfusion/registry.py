@@ -64,8 +64,9 @@ class Registry(Generic[T]):
         return wrap
 
     def add(self, name: str, obj: T) -> None:
-        """Register ``obj`` under ``name``; the same object twice is a no-op (a module
-        imported under two names), another object under a taken name an error."""
+        """Register ``obj`` under ``name``; the same object twice, or its definition run again
+        by re-executing its module (``importlib.reload``), is a no-op; another object under a
+        taken name is an error."""
         if not name:
             raise ValueError(f"a {self.kind} needs a name: {obj!r}")
         key = name.lower()

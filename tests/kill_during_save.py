@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tdfusion.checkpoint import FORMAT, VERSION
 from tdfusion.cli import main
 from tdfusion.io import atomic_write
 from tdfusion.training import trainer
@@ -34,7 +35,7 @@ class KillDuringSave(Callback):
         if self.writes != self.n:
             return
         buffer = io.BytesIO()
-        torch.save({"format": "tdfusion", **ckpt}, buffer)
+        torch.save({"format": FORMAT, "version": VERSION, **ckpt}, buffer)  # save_checkpoint's payload
         data = buffer.getvalue()
         with atomic_write(path) as fh:
             fh.write(data[:len(data) // 2])

@@ -35,17 +35,17 @@ TINY = ["train.device=cpu", "fusion.dim=8", "fusion.num_blocks=1", "lossgen.dim=
         "train.fusion_steps=3", f"run.save_every={SAVE_EVERY}", "run.keep=2"]
 
 
-def _env(**extra: str) -> dict:
+def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     # PYTHONFAULTHANDLER: a child that hangs is sent SIGABRT and prints where it was.
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", **extra)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     return env
 
 
-def _start(args: list[str], script: list[str] | None = None, **env: str) -> subprocess.Popen:
+def _start(args: list[str], script: list[str] | None = None) -> subprocess.Popen:
     # A session of its own: Ctrl-C in a terminal signals the whole process group (the
     # trainer and its data-loader workers); the test does the same with killpg.
-    return subprocess.Popen([sys.executable, *(script or [str(REPO / "train_fusion.py")]), *args], env=_env(**env),
+    return subprocess.Popen([sys.executable, *(script or [str(REPO / "train_fusion.py")]), *args], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

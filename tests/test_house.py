@@ -70,6 +70,13 @@ def contrast(monkeypatch):
     return contrast_task
 
 
+def _is_window(image: np.ndarray, crop: np.ndarray) -> bool:
+    """Whether ``crop`` is a window of ``image`` as it is (not mirrored)."""
+    h, w = crop.shape
+    return any(np.array_equal(image[y:y + h, x:x + w], crop)
+               for y in range(image.shape[0] - h + 1) for x in range(image.shape[1] - w + 1))
+
+
 def test_a_dense_target_follows_crops_flips_resizes_and_swaps(contrast):
     """The contrast map is a function of the sources, so after any crop or flip it must
     equal the map recomputed from the cropped, flipped sources (away from the crop's
@@ -78,10 +85,9 @@ def test_a_dense_target_follows_crops_flips_resizes_and_swaps(contrast):
     sample = ds[0]
     flipped = 0
     for seed in range(8):
-        rng = np.random.default_rng(seed)
-        flipped += rng.random() < 0.5  # what train_view draws first
         view = train_view(sample, np.random.default_rng(seed), crop_size=40, task_size=None, hflip=True)
         a, b = view["a"][0].numpy(), view["b"][0].numpy()
+        flipped += not _is_window(sample.a, a)  # then it is a window of the mirrored image
         expected = contrast.local_contrast(a, b)
         assert view["contrast"].dtype == torch.float32 and view["contrast"].shape == (40, 40)
         np.testing.assert_allclose(view["contrast"].numpy()[3:-3, 3:-3], expected[3:-3, 3:-3], atol=1e-5)
@@ -257,7 +263,7 @@ def test_the_trainer_leaves_dataset_given_task_settings_to_the_task():
 
 def test_bench_builds_the_modules_as_the_trainer_does(monkeypatch):
     """``tdfusion bench`` times what training runs: its networks come from the trainer's
-    ``build_modules`` and its fusion step from the same objectives."""
+    ``build_modules``."""
     from tdfusion.bench.meta import meta_setup
     from tdfusion.training import modules as train
 
@@ -270,7 +276,7 @@ def test_bench_builds_the_modules_as_the_trainer_does(monkeypatch):
 
     monkeypatch.setattr(train, "build_modules", spy)
     args, cfg, _ = meta_setup("recon", torch.device("cpu"))
-    assert calls == ["recon"] and args[0] is not None
+    assert calls == ["recon"]
 
 
 # -- trainer, validator, callbacks; one evaluation loop ----------------------------------

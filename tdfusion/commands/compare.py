@@ -77,9 +77,7 @@ def run(args: argparse.Namespace) -> int:
     # --config/--dataset when given, else from the first checkpoint's run config.
     saved = None if (args.config or args.dataset) else next(
         (c for c in ckpts if c.get("extra", {}).get("config")), None)
-    cfg = config_for(args, saved)
-    if args.task:
-        cfg["task"] = {**cfg["task"], "name": args.task}
+    cfg = config_for(args, saved)  # --task included
     section = dict(cfg.get("downstream") or {})
     if args.preset:
         section["preset"] = args.preset

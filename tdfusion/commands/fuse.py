@@ -221,7 +221,7 @@ def _run_images(args: argparse.Namespace, device) -> int:
     import numpy as np
 
     from ..device import in_flight
-    from ..inference import to_integer
+    from ..io import to_integer
     from ..io import atomic_write, match_pairs, read_image, write_image
     from ..progress import progress_bar
 
@@ -306,7 +306,7 @@ def _fuse_frames(net, frames, args: argparse.Namespace, batched: bool) -> list:
 def _run_video(args: argparse.Namespace, device) -> int:
     import itertools
 
-    from ..inference import to_integer
+    from ..io import to_integer
     from ..io import write_image
     from ..progress import progress_bar
     from ..video import DEFAULT_FPS, VideoWriter, is_video

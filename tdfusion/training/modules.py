@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..data import build_dataset
+from ..data import build_split
 from ..data.base import PairDataset
 from ..errors import TDFusionError
 from ..meta import objectives
@@ -63,18 +63,13 @@ def build_splits(cfg: dict) -> tuple[PairDataset, PairDataset | None]:
     """The training split of the run's dataset (not empty) and its test split (None when
     the config names none or the dataset has none: training works, evaluation is skipped)."""
     ds_cfg = cfg["dataset"]
-    options = dict(ds_cfg.get("options") or {})
-    cache = bool(cfg["data"]["cache"])
-    try:
-        train_set = build_dataset(ds_cfg["name"], ds_cfg["root"], ds_cfg["train_split"], cache=cache, **options)
-    except TypeError as exc:
-        raise TDFusionError(f"dataset {ds_cfg['name']!r}: bad option ({exc})") from None
+    train_set = build_split(cfg, "train_split")
     if len(train_set) == 0:
         raise TDFusionError(f"dataset {ds_cfg['name']!r} ({ds_cfg['root']}): the {ds_cfg['train_split']} split is empty")
     if not ds_cfg.get("test_split"):
         return train_set, None
     try:
-        test_set = build_dataset(ds_cfg["name"], ds_cfg["root"], ds_cfg["test_split"], cache=cache, **options)
+        test_set = build_split(cfg, "test_split")
     except TDFusionError:
         return train_set, None
     return train_set, (test_set if len(test_set) else None)
