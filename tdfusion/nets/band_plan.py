@@ -26,10 +26,13 @@ __all__ = [
 #: Pixels per band on CPU when neither a band height nor a memory bound is given
 #: (:func:`default_band_rows`). Bands are a trade: short ones pay per-operator overhead
 #: and recompute more halo rows, tall ones stream whole-image tensors through memory, so
-#: the height scales with 1/width. Measured against 24-row bands on the project's VM
-#: (interleaved runs, BENCHMARKS.md): 256x256 0.175 vs 0.206 s, 4000x384 4.75 vs 5.0 s
-#: (48 rows: 6.15 s); 640x480 and 1280x1024 equal within the machine's noise.
-DEFAULT_BAND_PIXELS = 49152
+#: the height scales with 1/width. About 20k pixels keep a band's 16-channel tensors
+#: (1.3 MB) inside one core's 2 MB L2 on the project's VM. Measured there, one thread,
+#: medians of 3-7 interleaved rounds (BENCHMARKS.md, "Band height"): 640x480 32 rows
+#: 1.15 s against 77 rows 1.24 s; 1280x1024 16 rows 5.28 s against 38 rows 6.04 s;
+#: 256x256 80 rows 0.267 s against the whole image (256 rows) 0.40 s; two pairs in flight at 640x480,
+#: 32-48 rows 0.67 s per pair against 77 rows 0.74 s.
+DEFAULT_BAND_PIXELS = 20480
 MIN_BAND_ROWS = 8
 
 
