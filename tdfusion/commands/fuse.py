@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also save the network's raw float32 output as <stem>.raw.npy")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="bound the memory the network uses, e.g. 4G or 800M: large images are "
-                        "computed exactly in bands of rows sized to fit (default: bands of about 49,000 "
+                        "computed exactly in bands of rows sized to fit (default: bands of about 20,000 "
                         "pixels on CPU; on GPU the whole image, or bands that fit 80%% of the free "
                         "GPU memory when it does not fit)")
     p.add_argument("--chunk-rows", type=int, default=None, metavar="N",

@@ -19,7 +19,7 @@ from einops import rearrange
 from .blocks import pointwise
 
 __all__ = ["attention_sums", "column_squares", "conv3x3_band", "fold_norm", "fusion_apply", "fusion_stats", "head",
-           "normalize_channels", "restormer_apply", "restormer_stats"]
+           "normalize_channels", "restormer_apply", "restormer_stats", "summable"]
 
 Rows = tuple[int, int, int, int]  # (first, last, pad_top, pad_bottom)
 
@@ -54,25 +54,28 @@ def attention_sums(q: torch.Tensor, k: torch.Tensor, squares: torch.Tensor, spli
     """What a band adds to one transposed attention: ``sum_p q_i(p) k_j(p)`` ``(C, C)``
     and the squared norms of q's and k's channels, in float64.
 
-    ``q`` and ``k`` are ``(h, W, C)`` (views may share memory); ``squares`` holds the
-    column sums of squares of the tensor whose first ``split`` channels are q's and the
-    rest k's (:func:`column_squares`). Only the ``C x C`` products are computed: the full
-    Gram matrix of ``[q, k]`` (which holds the norms on its diagonal) costs four times the
-    arithmetic, and in the band pass its product was the slower (measured, BENCHMARKS.md).
+    ``q`` and ``k`` are ``(h, W, C)`` (views may share memory; see :func:`summable` for
+    float16); ``squares`` holds the column sums of squares of the tensor whose first
+    ``split`` channels are q's and the rest k's (:func:`column_squares`). Only the
+    ``C x C`` products are computed: the full Gram matrix of ``[q, k]`` (which holds the
+    norms on its diagonal) costs four times the arithmetic, and in the band pass its
+    product was the slower (measured, BENCHMARKS.md).
     """
     mq = rearrange(q, "h w c -> (h w) c")
     mk = rearrange(k, "h w c -> (h w) c")
-    if mq.dtype == torch.float16:  # a band's sums leave float16's range (see blocks.pixel_products)
-        mq, mk = mq.float(), mk.float()
     return (mq.t() @ mk).double(), squares[:split], squares[split:]
 
 
 def column_squares(x: torch.Tensor) -> torch.Tensor:
     """``(h, W, m) -> (m,)`` float64 sums of squares of each channel over the band."""
-    m = rearrange(x, "h w c -> (h w) c")
-    if m.dtype == torch.float16:
-        m = m.float()
-    return torch.square(m).sum(0).double()
+    return torch.square(rearrange(x, "h w c -> (h w) c")).sum(0).double()
+
+
+def summable(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in a type whose sums over a band stay finite: float16 becomes float32 (a
+    band's sums leave float16's range; see :func:`~tdfusion.nets.blocks.pixel_products`).
+    Converted once per band, before q and k are sliced from it."""
+    return x.float() if x.dtype == torch.float16 else x
 
 
 def normalize_channels(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -104,7 +107,7 @@ def restormer_stats(xh: torch.Tensor, eps: float, w_qk: torch.Tensor, b_qk: torc
     ``(w_qk, b_qk)`` is the projection with the block's first LayerNorm folded in."""
     c = xh.shape[-1]
     qk = torch.addmm(b_qk, normalize_channels(xh, eps), w_qk.t()).view(*xh.shape[:-1], 2 * c)
-    qk = conv3x3_band(qk, w_qk_dw, 2 * c, pt, pb)
+    qk = summable(conv3x3_band(qk, w_qk_dw, 2 * c, pt, pb))
     return attention_sums(qk[..., :c], qk[..., c:], column_squares(qk), c)
 
 
@@ -144,8 +147,8 @@ def fusion_stats(xa: torch.Tensor, xb: torch.Tensor, wa_qk: torch.Tensor, wa_qk_
     branch a's attention (queries of b, keys of a), then for branch b's (queries of a,
     keys of b)."""
     c = xa.shape[-1]
-    qka = conv3x3_band(pointwise(xa, wa_qk), wa_qk_dw, 2 * c, pt, pb)
-    qkb = conv3x3_band(pointwise(xb, wb_qk), wb_qk_dw, 2 * c, pt, pb)
+    qka = summable(conv3x3_band(pointwise(xa, wa_qk), wa_qk_dw, 2 * c, pt, pb))
+    qkb = summable(conv3x3_band(pointwise(xb, wb_qk), wb_qk_dw, 2 * c, pt, pb))
     sq_a, sq_b = column_squares(qka), column_squares(qkb)  # |qa|^2 |ka|^2, |qb|^2 |kb|^2
     for_a = attention_sums(qkb[..., :c], qka[..., c:], torch.cat([sq_b[:c], sq_a[c:]]), c)
     for_b = attention_sums(qka[..., :c], qkb[..., c:], torch.cat([sq_a[:c], sq_b[c:]]), c)

@@ -29,9 +29,9 @@ __all__ = [
 #: the height scales with 1/width. About 20k pixels keep a band's 16-channel tensors
 #: (1.3 MB) inside one core's 2 MB L2 on the project's VM. Measured there, one thread,
 #: medians of 3-7 interleaved rounds (BENCHMARKS.md, "Band height"): 640x480 32 rows
-#: 1.15 s against 77 rows 1.24 s; 1280x1024 16 rows 5.28 s against 38 rows 6.04 s;
-#: 256x256 80 rows 0.267 s against the whole image (256 rows) 0.40 s; two pairs in flight at 640x480,
-#: 32-48 rows 0.67 s per pair against 77 rows 0.74 s.
+#: 1.29 s against 77 rows 1.45 s; 1280x1024 16 rows 5.86 s against 38 rows 6.04 s;
+#: 256x256 80 rows 0.31 s against the whole image (256 rows) 0.36 s; two pairs in flight
+#: at 640x480, 32 rows 0.706 s per pair against 77 rows 0.804 s.
 DEFAULT_BAND_PIXELS = 20480
 MIN_BAND_ROWS = 8
 
