@@ -28,6 +28,7 @@ import yaml
 
 from ..colour import split_luma
 from ..data.base import PairDataset
+from ..data.targets import resize_image
 from ..errors import TDFusionError
 from ..io import atomic_write, list_images, read_image, to_integer, write_image
 from .results import jsonable
@@ -115,11 +116,7 @@ def materialize(source: ImageSource, splits: dict[str, PairDataset], folder: Pat
                 with torch.inference_mode():
                     fused = _fuse_like_the_cli(net, dataset, i, _fuse_path(out, sample.stem))
                 y = split_luma(read_image(fused).pixels)[0]
-            if y.shape != sample.a.shape:  # another method may have written another size
-                import cv2
-
-                h, w = sample.a.shape
-                y = cv2.resize(y, (w, h), interpolation=cv2.INTER_AREA if y.size > h * w else cv2.INTER_LINEAR)
+            y = resize_image(y, sample.a.shape)  # another method may have written another size
             write_image(out / "images" / f"{sample.stem}.png", to_integer(y, 8), durable=False)
             _write_targets(sample, out)
     with atomic_write(folder / "classes.yaml", "w") as fh:

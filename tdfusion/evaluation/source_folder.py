@@ -21,12 +21,12 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import cv2
 import numpy as np
 import torch
 import yaml
 
 from ..data.base import PairListDataset, Sample, luminance
+from ..data.targets import resize_image
 from ..data.views import collate, to_device
 from ..errors import TDFusionError
 from ..io import list_images
@@ -93,8 +93,8 @@ def seg_train_view(sample: Sample, rng: np.random.Generator, out_hw: Sequence[in
     jitter = rng.uniform(1 - s.aspect_jitter, 1 + s.aspect_jitter) / rng.uniform(1 - s.aspect_jitter,
                                                                                  1 + s.aspect_jitter)
     nh, nw = max(1, round(h * scale / math.sqrt(jitter))), max(1, round(w * scale * math.sqrt(jitter)))
-    img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if nh * nw < h * w else cv2.INTER_LINEAR)
-    mask = cv2.resize(mask.astype(np.int32), (nw, nh), interpolation=cv2.INTER_NEAREST)
+    img = resize_image(img, (nh, nw))
+    mask = resize_image(mask.astype(np.int32), (nh, nw), nearest=True)
     if rng.random() < s.hflip:
         img, mask = img[:, ::-1], mask[:, ::-1]
     canvas = np.full((oh, ow), 0.5, np.float32)

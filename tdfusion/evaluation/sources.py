@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from ..data.base import PairDataset, luminance
+from ..data.targets import resize_image
 from ..errors import TDFusionError
 from ..io import list_images
 from .loop import eval_views, evaluate_views
@@ -79,9 +79,7 @@ def fused_folder_source(name: str, folder: str | os.PathLike) -> ImageSource:
         for stem, ref in zip(view["stems"], view["a"]):
             y = luminance(lookup(stem, split))
             h, w = ref.shape[-2:]
-            if y.shape != (h, w):
-                y = cv2.resize(y, (w, h), interpolation=cv2.INTER_AREA if y.shape[0] * y.shape[1] > h * w
-                               else cv2.INTER_LINEAR)
+            y = resize_image(y, (h, w))
             out.append(torch.from_numpy(np.ascontiguousarray(y))[None])
         return torch.stack(out).to(view["a"].device)
 
