@@ -18,6 +18,7 @@ from ..data import eval_view
 from ..errors import TDFusionError
 from ..meta import objectives
 from . import run_folder
+from .health import HEALTH_KEYS
 
 if TYPE_CHECKING:  # the trainer imports this module
     from .trainer import MetaTrainer
@@ -120,8 +121,13 @@ def _write_report(trainer: "MetaTrainer", samples, epoch: int) -> None:
         lines = [json.loads(x) for x in evals.read_text().splitlines() if x.strip()]
         if lines:
             scalars = {k: v for k, v in lines[-1].items() if isinstance(v, (int, float)) and k != "epoch"}
+            task = {k: v for k, v in scalars.items() if k not in HEALTH_KEYS}
+            health = {k: v for k, v in scalars.items() if k in HEALTH_KEYS}
             notes.append(f"test-split task metrics (epoch {lines[-1].get('epoch')}): "
-                         + ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+                         + ", ".join(f"{k} {v:.4g}" for k, v in task.items()))
+            if health:
+                notes.append("run health on the same pairs (F's output, share of G's weights at 0 or 1): "
+                             + ", ".join(f"{k} {v:.4g}" for k, v in health.items()))
     best = trainer.best.record
     if best is not None:
         notes.append(f"best.pt: epoch {best['epoch']} (task fitness {best['fitness']:.4g})")

@@ -1,12 +1,18 @@
-"""The run config's ranges and choices, checked before anything is built."""
+"""The run config's ranges and choices, checked before anything is built; the losses,
+checked after every step."""
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 from ..errors import TDFusionError
 from ..meta.updates import G_UPDATE_RULES
 from ..precision import PRECISIONS
+from . import distributed
+from .batches import Position
 from .runlog import LOGGERS
 
-__all__ = ["check_values"]
+__all__ = ["check_finite", "check_values"]
 
 #: (key, smallest allowed value) of the whole-number settings; None where null is allowed.
 _MINIMUM = {"data.batch_size": 1, "data.crop_size": 8, "data.num_workers": 0, "train.epochs": 1,
@@ -56,3 +62,16 @@ def check_values(cfg: dict) -> None:
             isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in size)):
         raise TDFusionError(f"config key 'data.task_size': expected null or [height, width] (whole numbers >= 8), "
                             f"got {size!r}")
+
+
+def check_finite(logs: dict[str, float], stems: list[str], pos: Position, last: Path) -> None:
+    """Stop the run at a non-finite loss, naming the step, the batch's pairs and ``last``
+    (the last good checkpoint, when it exists)."""
+    bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:  # the logs are averaged, so every process takes this branch together
+        stems = [s for part in distributed.gather_objects(list(stems)) for s in part]
+        stems = list(dict.fromkeys(stems))  # swapped pairs repeat their stems
+        keep = f"; the last good checkpoint is {last}" if last.exists() else ""
+        raise TDFusionError(
+            f"non-finite {', '.join(bad)} at epoch {pos.epoch + 1}, {pos.phase} step "
+            f"{pos.step + 1} (global step {pos.global_step + 1}), batch {', '.join(stems)}{keep}")

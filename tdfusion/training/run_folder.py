@@ -13,7 +13,7 @@ A run folder holds::
     epoch_<e>.pt         weights at the end of each epoch (no optimiser state)
     train_log.jsonl      one JSON object per step (phase, losses, learning rates)
     train_log.csv, eval_log.csv, tensorboard/   the same, as run.loggers asks (tdfusion.training.runlog)
-    eval_log.jsonl       task metrics on the test split, per evaluated epoch
+    eval_log.jsonl       task metrics on the test split, per evaluated epoch, and F/G health (training.health)
     samples/epoch_<e>.png  sources, fused image and G's weight maps for a few pairs
     report/              the last epoch's samples as a tdfusion report page, with metrics
     summary.json         final losses and metrics

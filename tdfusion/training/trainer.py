@@ -47,7 +47,8 @@ from ..reproducibility import seed_everything, set_determinism
 from . import distributed, run_folder
 from .batches import PHASES, Position, TrainViews, batches, loader, phase_keys, shard_batches
 from .callbacks import Callback, default_callbacks
-from .checks import check_values
+from .checks import check_finite, check_values
+from .health import HealthStats, health_warnings
 from .modules import build_modules, build_splits
 from .resume import note_world_change, read_resumable
 from .runlog import RunLoggers
@@ -257,23 +258,16 @@ class MetaTrainer:
                 self.loggers.eval(record, self.pos.global_step)
 
     def evaluate(self) -> dict[str, Any] | None:
-        """The task's metrics on the test split (None without one)."""
-        return None if self.validator is None else self.validator(self.fusion, self.task_net)
+        """The task's metrics on the test split (None without one), with F's output and G's
+        weights on the same pairs (``fused_mean``, ``fused_std``, ``lossgen_at_bounds``: :mod:`.health`)."""
+        if self.validator is None:
+            return None
+        health = HealthStats()
+        return {**self.validator(self.fusion, self.task_net, self.lossgen, health), **health.figures()}
 
     # -- the loop ------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
         self._stop_requested = True
-
-    def _check_finite(self, logs: dict[str, float], stems: list[str]) -> None:
-        bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:  # the logs are averaged, so every process takes this branch together
-            stems = [s for part in distributed.gather_objects(list(stems)) for s in part]
-            stems = list(dict.fromkeys(stems))  # swapped pairs repeat their stems
-            last = self.run_dir / run_folder.LAST
-            keep = f"; the last good checkpoint is {last}" if last.exists() else ""
-            raise TDFusionError(
-                f"non-finite {', '.join(bad)} at epoch {self.pos.epoch + 1}, {self.pos.phase} step "
-                f"{self.pos.step + 1} (global step {self.pos.global_step + 1}), batch {', '.join(stems)}{keep}")
 
     def _after_step(self, logs: dict, stems: list[str]) -> dict:
         if self.world > 1:
@@ -281,7 +275,7 @@ class MetaTrainer:
             reduced = distributed.reduce_metrics({**logs, "_stop": float(self._stop_requested)})
             self._stop_agreed = reduced.pop("_stop") > 0
             logs = reduced
-        self._check_finite(logs, stems)
+        check_finite(logs, stems, self.pos, self.run_dir / run_folder.LAST)
         self.pos.step += 1
         self.pos.global_step += 1
         record = {**self.pos.as_dict(), "epoch": self.pos.epoch + 1, **logs,
@@ -377,6 +371,8 @@ class MetaTrainer:
                 metrics = self.evaluate()
                 if metrics is not None:
                     self._log(run_folder.EVAL_LOG, {"epoch": self.pos.epoch, **jsonable(metrics)})
+                    for line in health_warnings(metrics, self.cfg["optim"]):
+                        warnings.warn(f"epoch {self.pos.epoch}: {line}", RuntimeWarning, stacklevel=1)
             improved = metrics is not None and self.best.update(metrics, self.pos.epoch)
             self.save("epoch")
             self.save("last")  # records the best epoch, so a resumed run compares against it

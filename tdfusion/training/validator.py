@@ -15,6 +15,7 @@ from torch import nn
 
 from ..data.base import PairDataset
 from ..evaluation.loop import eval_views, evaluate_views
+from .health import HealthStats
 
 __all__ = ["BestFitness", "Validator"]
 
@@ -26,14 +27,29 @@ class Validator:
         self.task, self.dataset, self.task_size, self.device, self.limit = task, dataset, task_size, device, limit
 
     @torch.no_grad()
-    def __call__(self, fusion: nn.Module, task_net: nn.Module) -> dict[str, Any]:
-        was_training = fusion.training
-        fusion.eval()
+    def __call__(self, fusion: nn.Module, task_net: nn.Module, lossgen: nn.Module | None = None,
+                 health: HealthStats | None = None) -> dict[str, Any]:
+        """The task metrics; ``health`` (if given) also gathers F's output and, with
+        ``lossgen``, G's weights on the same views (:mod:`.health`)."""
+        nets = [fusion] + ([lossgen] if lossgen is not None and health is not None else [])
+        modes = [net.training for net in nets]
+        for net in nets:
+            net.eval()
+
+        def fused(view: dict[str, Any]) -> torch.Tensor:
+            out = fusion(view["a"], view["b"])
+            if health is not None:
+                health.add_fused(out)
+                if lossgen is not None:
+                    health.add_weights(lossgen(view["a"], view["b"]))
+            return out
+
         try:
             views = eval_views(self.dataset, self.task_size, self.device, self.limit)
-            return evaluate_views(self.task, task_net, views, lambda view: fusion(view["a"], view["b"]))
+            return evaluate_views(self.task, task_net, views, fused)
         finally:
-            fusion.train(was_training)
+            for net, mode in zip(nets, modes):
+                net.train(mode)
 
 
 class BestFitness:
