@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .blocks import pointwise
+from .blocks import pixel_products, pointwise
 
 __all__ = ["attention_sums", "column_squares", "conv3x3_band", "fold_norm", "fusion_apply", "fusion_stats", "head",
            "normalize_channels", "restormer_apply", "restormer_stats", "summable"]
@@ -50,20 +50,16 @@ def conv3x3_band(x: torch.Tensor, weight: torch.Tensor, groups: int, pad_top: in
 Sums = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (q^T k, |q|^2, |k|^2) per channel, float64
 
 
-def attention_sums(q: torch.Tensor, k: torch.Tensor, squares: torch.Tensor, split: int) -> Sums:
-    """What a band adds to one transposed attention: ``sum_p q_i(p) k_j(p)`` ``(C, C)``
-    and the squared norms of q's and k's channels, in float64.
+def attention_sums(q: torch.Tensor, k: torch.Tensor, q_squares: torch.Tensor, k_squares: torch.Tensor) -> Sums:
+    """What a band adds to one transposed attention: ``sum_p q_i(p) k_j(p)`` ``(C, C)`` in
+    float64, with the squared norms of q's and k's channels (:func:`column_squares`).
 
-    ``q`` and ``k`` are ``(h, W, C)`` (views may share memory; see :func:`summable` for
-    float16); ``squares`` holds the column sums of squares of the tensor whose first
-    ``split`` channels are q's and the rest k's (:func:`column_squares`). Only the
-    ``C x C`` products are computed: the full Gram matrix of ``[q, k]`` (which holds the
-    norms on its diagonal) costs four times the arithmetic, and in the band pass its
-    product was the slower (measured, BENCHMARKS.md).
+    ``q`` and ``k`` are ``(h, W, C)`` (views may share memory), already :func:`summable`.
+    Only the ``C x C`` products are computed: the full Gram matrix of ``[q, k]`` (which
+    holds the norms on its diagonal) costs four times the arithmetic, and in the band pass
+    its product was the slower (BENCHMARKS.md, "Band kernels").
     """
-    mq = rearrange(q, "h w c -> (h w) c")
-    mk = rearrange(k, "h w c -> (h w) c")
-    return (mq.t() @ mk).double(), squares[:split], squares[split:]
+    return pixel_products(q[None], k[None])[0].double(), q_squares, k_squares
 
 
 def column_squares(x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +104,8 @@ def restormer_stats(xh: torch.Tensor, eps: float, w_qk: torch.Tensor, b_qk: torc
     c = xh.shape[-1]
     qk = torch.addmm(b_qk, normalize_channels(xh, eps), w_qk.t()).view(*xh.shape[:-1], 2 * c)
     qk = summable(conv3x3_band(qk, w_qk_dw, 2 * c, pt, pb))
-    return attention_sums(qk[..., :c], qk[..., c:], column_squares(qk), c)
+    squares = column_squares(qk)
+    return attention_sums(qk[..., :c], qk[..., c:], squares[:c], squares[c:])
 
 
 def restormer_apply(xb: torch.Tensor, eps1: float, w_v: torch.Tensor, b_v: torch.Tensor, w_v_dw: torch.Tensor,
@@ -150,8 +147,8 @@ def fusion_stats(xa: torch.Tensor, xb: torch.Tensor, wa_qk: torch.Tensor, wa_qk_
     qka = summable(conv3x3_band(pointwise(xa, wa_qk), wa_qk_dw, 2 * c, pt, pb))
     qkb = summable(conv3x3_band(pointwise(xb, wb_qk), wb_qk_dw, 2 * c, pt, pb))
     sq_a, sq_b = column_squares(qka), column_squares(qkb)  # |qa|^2 |ka|^2, |qb|^2 |kb|^2
-    for_a = attention_sums(qkb[..., :c], qka[..., c:], torch.cat([sq_b[:c], sq_a[c:]]), c)
-    for_b = attention_sums(qka[..., :c], qkb[..., c:], torch.cat([sq_a[:c], sq_b[c:]]), c)
+    for_a = attention_sums(qkb[..., :c], qka[..., c:], sq_b[:c], sq_a[c:])
+    for_b = attention_sums(qka[..., :c], qkb[..., c:], sq_a[:c], sq_b[c:])
     return for_a, for_b
 
 

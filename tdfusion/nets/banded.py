@@ -49,7 +49,8 @@ __all__ = ["fuse_banded"]
 
 
 # ---------------------------------------------------------------------------------------
-# Band-level operators. Band tensors are (rows, W, C), i.e. channels-last without batch.
+# Bands and their attention statistics. Band tensors are (rows, W, C): channels-last
+# without batch (the per-band arithmetic is in band_kernels).
 # ---------------------------------------------------------------------------------------
 
 def _bands(height: int, rows: int) -> Iterator[tuple[int, int]]:
@@ -109,6 +110,15 @@ def _halo_rows(x: torch.Tensor, r0: int, r1: int, carry: torch.Tensor | None) ->
     return torch.cat([carry, x[r0:hi]]), lo
 
 
+def _apply_rows(r0: int, r1: int, lo: int, hi: int, height: int) -> tuple[bk.Rows, bk.Rows]:
+    """Where an apply pass's band sits, for a band ``[r0, r1)`` whose halo rows ``[lo, hi)``
+    were taken: the rows of ``y = x + M v`` (``[r0 - 1, r1 + 1)``, clipped) within the halo
+    rows with the padding of v's convolution, then the band's rows within ``y`` with the
+    padding of the feed-forward convolutions (see :func:`~tdfusion.nets.band_kernels.restormer_apply`)."""
+    ya, yb = max(r0 - 1, 0), min(r1 + 1, height)
+    return (ya - lo, yb - lo, lo - (ya - 1), (yb + 1) - hi), (r0 - ya, r1 - ya, ya - (r0 - 1), (r1 + 1) - yb)
+
+
 def _restormer(x: torch.Tensor, blk: RestormerBlock, rows: int) -> None:
     """One Restormer block, in place on ``x`` ``(H, W, C)``."""
     height, _, c = x.shape
@@ -128,11 +138,8 @@ def _restormer(x: torch.Tensor, blk: RestormerBlock, rows: int) -> None:
     for r0, r1 in _bands(height, rows):  # pass 2: attention output, then the feed-forward part
         xb, lo = _halo_rows(x, r0, r1, carry)
         hi = lo + xb.shape[0]
-        ya, yb = max(r0 - 1, 0), min(r1 + 1, height)
         out = bk.restormer_apply(xb, n1.eps, w_qkv[2 * c:], b_qkv[2 * c:], w_dw[2 * c:], mix,
-                                n2.eps, w_exp, b_exp, w_exp_dw, w_out,
-                                (ya - lo, yb - lo, lo - (ya - 1), (yb + 1) - hi),
-                                (r0 - ya, r1 - ya, ya - (r0 - 1), (r1 + 1) - yb))
+                                n2.eps, w_exp, b_exp, w_exp_dw, w_out, *_apply_rows(r0, r1, lo, hi, height))
         carry = xb[max(r1 - 2, 0) - lo:r1 - lo].clone()
         x[r0:r1] = out
 
@@ -163,9 +170,7 @@ def _adaptive_fusion(joint: torch.Tensor, afm: AdaptiveFusion, rows: int) -> Non
     for r0, r1 in _bands(height, rows):
         jb, lo = _halo_rows(joint, r0, r1, carry)
         hi = lo + jb.shape[0]
-        ya, yb = max(r0 - 1, 0), min(r1 + 1, height)
-        out = bk.fusion_apply(jb, *weights, (ya - lo, yb - lo, lo - (ya - 1), (yb + 1) - hi),
-                             (r0 - ya, r1 - ya, ya - (r0 - 1), (r1 + 1) - yb))
+        out = bk.fusion_apply(jb, *weights, *_apply_rows(r0, r1, lo, hi, height))
         carry = jb[max(r1 - 2, 0) - lo:r1 - lo].clone()
         joint[r0:r1] = out
 
