@@ -79,7 +79,7 @@ def normalize_channels(x: torch.Tensor, eps: float) -> torch.Tensor:
 
     torch's kernel normalises row by row; with 16-32 channels a row is one or two
     vectors and the per-row overhead dominates: the mean and variance as products with
-    a ``(C, 1)`` vector over the whole band take a third to a half of its time
+    a ``(C, 1)`` vector over the whole band take 0.3-0.6 of its time
     (measured, BENCHMARKS.md). Two passes (centre, then the variance of the centred
     values) as torch's kernel does, so no precision is lost to cancellation.
     """
