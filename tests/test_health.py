@@ -44,10 +44,21 @@ def test_warnings_name_the_learning_rate_to_lower():
     assert health_warnings({"fused_mean": 0.3, "fused_std": 0.1, "lossgen_at_bounds": 0.4}, OPTIM) == []
 
 
+def _run(tmp_path, *extra, callbacks=()):
+    """A tiny one-epoch run; its RuntimeWarnings and its last eval_log record."""
+    from test_house import _tiny_config
+    from tdfusion.training.trainer import train
+
+    run = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(_tiny_config("run.samples=0", "train.epochs=1", *extra), run, callbacks=list(callbacks))
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    return messages, json.loads((run / "eval_log.jsonl").read_text().splitlines()[-1])
+
+
 def test_a_run_whose_fusion_output_is_constant_warns_and_logs_it(tmp_path):
     from tdfusion.training.callbacks import Callback
-    from tdfusion.training.trainer import train
-    from test_house import _tiny_config
 
     class Freeze(Callback):  # F's head zeroed and not trained: sigmoid(0) = 0.5 on every pixel
         def on_fit_start(self, trainer):
@@ -55,12 +66,28 @@ def test_a_run_whose_fusion_output_is_constant_warns_and_logs_it(tmp_path):
                 trainer.fusion.head[-1].weight.zero_()
             trainer.fusion.head[-1].weight.requires_grad_(False)
 
-    run = tmp_path / "run"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train(_tiny_config("run.samples=0", "train.epochs=1"), run, callbacks=[Freeze()])
-    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    messages, record = _run(tmp_path, callbacks=[Freeze()])
     assert any(m.startswith("epoch 1: ") and "collapsed" in m for m in messages), messages
-    record = json.loads((run / "eval_log.jsonl").read_text().splitlines()[-1])
     assert record["fused_mean"] == pytest.approx(0.5) and record["fused_std"] < 1e-6
-    assert 0 <= record["lossgen_at_bounds"] <= 1
+    assert not any("loss generator" in m for m in messages)
+
+
+def test_a_run_whose_loss_generator_saturates_warns_and_logs_it(tmp_path):
+    from tdfusion.training.callbacks import Callback
+
+    class Saturate(Callback):  # G's logits scaled far beyond the softmax's range, and frozen
+        def on_fit_start(self, trainer):
+            last = trainer.lossgen.head[-1].weight
+            with torch.no_grad():
+                last.mul_(1e6)
+            last.requires_grad_(False)
+
+    messages, record = _run(tmp_path, callbacks=[Saturate()])
+    assert any("loss generator" in m and "optim.lr_lossgen" in m for m in messages), messages
+    assert record["lossgen_at_bounds"] >= 0.99
+
+
+def test_the_fixed_weight_ablation_reports_no_loss_generator_figure(tmp_path):
+    """G is not used there: its share at the bounds would describe a network that does nothing."""
+    messages, record = _run(tmp_path, "loss.fixed_weights=true")
+    assert "lossgen_at_bounds" not in record and "fused_std" in record

@@ -7,6 +7,7 @@ that feeds the task's evaluator is this one.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -16,7 +17,20 @@ from ..data import collate, eval_view, to_device
 from ..data.base import PairDataset, Sample
 from ..progress import progress_bar
 
-__all__ = ["eval_views", "evaluate_views"]
+__all__ = ["eval_mode", "eval_views", "evaluate_views"]
+
+
+@contextmanager
+def eval_mode(*nets: nn.Module) -> Iterator[None]:
+    """``nets`` in eval mode inside the block, each back in its former mode after it."""
+    modes = [net.training for net in nets]
+    for net in nets:
+        net.eval()
+    try:
+        yield
+    finally:
+        for net, mode in zip(nets, modes):
+            net.train(mode)
 
 
 def eval_views(dataset: PairDataset, size: Sequence[int] | None | Callable[[Sample], Sequence[int] | None],
@@ -43,13 +57,9 @@ def evaluate_views(task, task_net: nn.Module, views: Iterable[dict[str, Any]],
     ``label`` shows a progress bar of ``total`` steps.
     """
     evaluator = task.evaluator()
-    was_training = task_net.training
-    task_net.eval()
-    try:
-        with progress_bar(total or 0, label or "", enabled=label is not None and (total or 0) > 1) as advance:
-            for view in views:
-                evaluator.update(task.predict(task_net, view["a"] if image is None else image(view)), view)
-                advance()
-    finally:
-        task_net.train(was_training)
+    with eval_mode(task_net), progress_bar(total or 0, label or "",
+                                          enabled=label is not None and (total or 0) > 1) as advance:
+        for view in views:
+            evaluator.update(task.predict(task_net, view["a"] if image is None else image(view)), view)
+            advance()
     return evaluator.compute()

@@ -7,7 +7,6 @@ epoch. Tests add their own (e.g. a fault injected while a checkpoint is written)
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ import torch
 
 from ..data import eval_view
 from ..errors import TDFusionError
+from ..evaluation.loop import eval_mode
 from ..meta import objectives
 from . import run_folder
 from .health import HEALTH_KEYS
@@ -78,19 +78,18 @@ def sample_panels(trainer: "MetaTrainer") -> list[tuple[str, list[tuple[str, np.
     size = trainer.cfg["data"]["task_size"]
     fusion, lossgen = trainer.fusion, trainer.lossgen
     out = []
-    fusion.eval(), lossgen.eval()
-    for i in range(max(0, count)):
-        sample = trainer.train_set[i]
-        view = eval_view(sample, size)
-        a, b = view["a"][None].to(trainer.device), view["b"][None].to(trainer.device)
-        fused = normalize_minmax(fusion(a, b)[0, 0].float().cpu().numpy())
-        weights = objectives.loss_weights(lossgen, objectives.params_of(lossgen), a, b, trainer.settings)
-        panels = [(label, t[0, 0].float().cpu().numpy()) for label, t in (("A", a), ("B", b))]
-        panels.append(("fused", fused))
-        panels += [(name, weights[0, c].float().cpu().numpy())
-                   for name, c in (("w_A", 0), ("v_A", 2)) if c < weights.shape[1]]
-        out.append((sample.stem, panels))
-    fusion.train(), lossgen.train()
+    with eval_mode(fusion, lossgen):
+        for i in range(max(0, count)):
+            sample = trainer.train_set[i]
+            view = eval_view(sample, size)
+            a, b = view["a"][None].to(trainer.device), view["b"][None].to(trainer.device)
+            fused = normalize_minmax(fusion(a, b)[0, 0].float().cpu().numpy())
+            weights = objectives.loss_weights(lossgen, objectives.params_of(lossgen), a, b, trainer.settings)
+            panels = [(label, t[0, 0].float().cpu().numpy()) for label, t in (("A", a), ("B", b))]
+            panels.append(("fused", fused))
+            panels += [(name, weights[0, c].float().cpu().numpy())
+                       for name, c in (("w_A", 0), ("v_A", 2)) if c < weights.shape[1]]
+            out.append((sample.stem, panels))
     return out
 
 
@@ -116,18 +115,15 @@ def _write_report(trainer: "MetaTrainer", samples, epoch: int) -> None:
              "panels: sources A and B, the fused image as tdfusion fuse writes it (luminance, min-max "
              "stretched), and the loss generator's weight for A (w_A: intensity, v_A: gradient; "
              "1 = all weight on A)"]
-    evals = run_dir / run_folder.EVAL_LOG
-    if evals.exists():
-        lines = [json.loads(x) for x in evals.read_text().splitlines() if x.strip()]
-        if lines:
-            scalars = {k: v for k, v in lines[-1].items() if isinstance(v, (int, float)) and k != "epoch"}
-            task = {k: v for k, v in scalars.items() if k not in HEALTH_KEYS}
-            health = {k: v for k, v in scalars.items() if k in HEALTH_KEYS}
-            notes.append(f"test-split task metrics (epoch {lines[-1].get('epoch')}): "
-                         + ", ".join(f"{k} {v:.4g}" for k, v in task.items()))
-            if health:
-                notes.append("run health on the same pairs (F's output, share of G's weights at 0 or 1): "
-                             + ", ".join(f"{k} {v:.4g}" for k, v in health.items()))
+    evals = run_folder.read_log(run_dir / run_folder.EVAL_LOG)
+    if evals:
+        scalars = {k: v for k, v in evals[-1].items() if isinstance(v, (int, float)) and k != "epoch"}
+        health = {k: scalars.pop(k) for k in HEALTH_KEYS if k in scalars}
+        notes.append(f"test-split task metrics (epoch {evals[-1].get('epoch')}): "
+                     + ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+        if health:
+            notes.append("run health on the same pairs (F's output, share of G's weights at 0 or 1): "
+                         + ", ".join(f"{k} {v:.4g}" for k, v in health.items()))
     best = trainer.best.record
     if best is not None:
         notes.append(f"best.pt: epoch {best['epoch']} (task fitness {best['fitness']:.4g})")

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import TDFusionError
 from ..meta.updates import G_UPDATE_RULES
 from ..precision import PRECISIONS
-from . import distributed
+from . import distributed, run_folder
 from .batches import Position
 from .runlog import LOGGERS
 
@@ -64,13 +64,14 @@ def check_values(cfg: dict) -> None:
                             f"got {size!r}")
 
 
-def check_finite(logs: dict[str, float], stems: list[str], pos: Position, last: Path) -> None:
-    """Stop the run at a non-finite loss, naming the step, the batch's pairs and ``last``
-    (the last good checkpoint, when it exists)."""
+def check_finite(logs: dict[str, float], stems: list[str], pos: Position, run_dir: Path) -> None:
+    """Stop the run at a non-finite loss, naming the step, the batch's pairs and the run's
+    last good checkpoint (when it exists)."""
     bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:  # the logs are averaged, so every process takes this branch together
         stems = [s for part in distributed.gather_objects(list(stems)) for s in part]
         stems = list(dict.fromkeys(stems))  # swapped pairs repeat their stems
+        last = run_dir / run_folder.LAST
         keep = f"; the last good checkpoint is {last}" if last.exists() else ""
         raise TDFusionError(
             f"non-finite {', '.join(bad)} at epoch {pos.epoch + 1}, {pos.phase} step "

@@ -17,6 +17,7 @@ import math
 from typing import Any, Mapping
 
 import torch
+from torch import nn
 
 __all__ = ["AT_BOUNDS", "BOUND", "CONSTANT_STD", "HEALTH_KEYS", "HealthStats", "health_warnings"]
 
@@ -28,11 +29,22 @@ HEALTH_KEYS = ("fused_mean", "fused_std", "lossgen_at_bounds")
 
 
 class HealthStats:
-    """Running mean/std of F's output and the share of G's weights at 0 or 1."""
+    """Running mean/std of F's output and the share of G's weights at 0 or 1.
 
-    def __init__(self) -> None:
+    ``lossgen``: the G whose weights to watch; None where none is used (the fixed-weight
+    ablation), and then no G figure is reported.
+    """
+
+    def __init__(self, lossgen: nn.Module | None = None) -> None:
+        self.lossgen = lossgen
         self.n = self.total = self.squares = 0.0
         self.weights = self.at_bounds = 0
+
+    def observe(self, view: dict[str, Any], fused: torch.Tensor) -> None:
+        """One evaluation view (``"a"``, ``"b"``: ``(B, 1, H, W)``) and F's output on it."""
+        self.add_fused(fused)
+        if self.lossgen is not None:
+            self.add_weights(self.lossgen(view["a"], view["b"]))
 
     def add_fused(self, fused: torch.Tensor) -> None:
         """``fused``: ``(B, 1, H, W)`` F's output."""

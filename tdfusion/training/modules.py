@@ -15,7 +15,7 @@ from ..meta.losses import FUSION_LOSSES
 from ..nets import create_model
 from ..tasks import build_task
 
-__all__ = ["Modules", "build_modules", "build_splits", "build_task"]
+__all__ = ["Modules", "build_modules", "build_splits"]
 
 
 @dataclass

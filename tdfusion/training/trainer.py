@@ -36,6 +36,7 @@ from ..checkpoint import module_record, save_checkpoint
 from ..data import swap_sources, to_device
 from ..device import resolve_device
 from ..errors import TDFusionError
+from ..evaluation.loop import eval_mode
 from ..evaluation.results import jsonable
 from ..io import atomic_write, link_or_copy
 from ..meta import objectives
@@ -257,13 +258,13 @@ class MetaTrainer:
             else:
                 self.loggers.eval(record, self.pos.global_step)
 
-    def evaluate(self) -> dict[str, Any] | None:
-        """The task's metrics on the test split (None without one), with F's output and G's
-        weights on the same pairs (``fused_mean``, ``fused_std``, ``lossgen_at_bounds``: :mod:`.health`)."""
+    def evaluate(self, health: HealthStats | None = None) -> dict[str, Any] | None:
+        """The task's metrics on the test split (None without one); ``health`` also gathers
+        F's output and G's weights on the same pairs (:mod:`.health`)."""
         if self.validator is None:
             return None
-        health = HealthStats()
-        return {**self.validator(self.fusion, self.task_net, self.lossgen, health), **health.figures()}
+        with eval_mode(self.lossgen):
+            return self.validator(self.fusion, self.task_net, None if health is None else health.observe)
 
     # -- the loop ------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -275,7 +276,7 @@ class MetaTrainer:
             reduced = distributed.reduce_metrics({**logs, "_stop": float(self._stop_requested)})
             self._stop_agreed = reduced.pop("_stop") > 0
             logs = reduced
-        check_finite(logs, stems, self.pos, self.run_dir / run_folder.LAST)
+        check_finite(logs, stems, self.pos, self.run_dir)
         self.pos.step += 1
         self.pos.global_step += 1
         record = {**self.pos.as_dict(), "epoch": self.pos.epoch + 1, **logs,
@@ -368,10 +369,12 @@ class MetaTrainer:
             self.pos.phase = "meta"
             metrics = None
             if eval_every and self.pos.epoch % eval_every == 0 and self.is_main:
-                metrics = self.evaluate()
+                health = HealthStats(None if self.settings.fixed else self.lossgen)
+                metrics = self.evaluate(health)
                 if metrics is not None:
-                    self._log(run_folder.EVAL_LOG, {"epoch": self.pos.epoch, **jsonable(metrics)})
-                    for line in health_warnings(metrics, self.cfg["optim"]):
+                    figures = health.figures()
+                    self._log(run_folder.EVAL_LOG, {"epoch": self.pos.epoch, **jsonable(metrics), **figures})
+                    for line in health_warnings(figures, self.cfg["optim"]):
                         warnings.warn(f"epoch {self.pos.epoch}: {line}", RuntimeWarning, stacklevel=1)
             improved = metrics is not None and self.best.update(metrics, self.pos.epoch)
             self.save("epoch")

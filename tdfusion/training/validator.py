@@ -8,14 +8,13 @@ it: it tracks a run, it does not compare methods (``tdfusion compare`` does).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..data.base import PairDataset
-from ..evaluation.loop import eval_views, evaluate_views
-from .health import HealthStats
+from ..evaluation.loop import eval_mode, eval_views, evaluate_views
 
 __all__ = ["BestFitness", "Validator"]
 
@@ -27,29 +26,19 @@ class Validator:
         self.task, self.dataset, self.task_size, self.device, self.limit = task, dataset, task_size, device, limit
 
     @torch.no_grad()
-    def __call__(self, fusion: nn.Module, task_net: nn.Module, lossgen: nn.Module | None = None,
-                 health: HealthStats | None = None) -> dict[str, Any]:
-        """The task metrics; ``health`` (if given) also gathers F's output and, with
-        ``lossgen``, G's weights on the same views (:mod:`.health`)."""
-        nets = [fusion] + ([lossgen] if lossgen is not None and health is not None else [])
-        modes = [net.training for net in nets]
-        for net in nets:
-            net.eval()
-
+    def __call__(self, fusion: nn.Module, task_net: nn.Module,
+                 observe: Callable[[dict[str, Any], torch.Tensor], None] | None = None) -> dict[str, Any]:
+        """The task metrics; ``observe(view, fused)`` also sees each fused image (the run's
+        health, :class:`~tdfusion.training.health.HealthStats`)."""
         def fused(view: dict[str, Any]) -> torch.Tensor:
             out = fusion(view["a"], view["b"])
-            if health is not None:
-                health.add_fused(out)
-                if lossgen is not None:
-                    health.add_weights(lossgen(view["a"], view["b"]))
+            if observe is not None:
+                observe(view, out)
             return out
 
-        try:
+        with eval_mode(fusion):
             views = eval_views(self.dataset, self.task_size, self.device, self.limit)
             return evaluate_views(self.task, task_net, views, fused)
-        finally:
-            for net, mode in zip(nets, modes):
-                net.train(mode)
 
 
 class BestFitness:
