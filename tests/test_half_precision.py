@@ -63,3 +63,14 @@ def test_inference_runs_without_tf32(monkeypatch, reference):
     fuse_luma(net, y, y, reference=reference)
     assert seen == [(False, False)]
     assert torch.backends.cudnn.allow_tf32 is True
+
+
+def test_band_normalisation_stays_finite_in_float16_far_from_the_mean():
+    """The products form squares ``x - mean``; in float16 they overflow past 256, so float16
+    bands use torch's LayerNorm (compared here with float32's)."""
+    from tdfusion.nets.band_kernels import normalize_channels
+
+    x = torch.randn(40, 30, 16, generator=torch.Generator().manual_seed(0)) * 300 + 5
+    out = normalize_channels(x.half(), 1e-5)
+    ref = torch.nn.functional.layer_norm(x.half().float(), (16,), eps=1e-5).reshape(-1, 16)
+    assert torch.isfinite(out).all() and (out.float() - ref).abs().max() < 1e-2

@@ -19,7 +19,7 @@ def fusion_flops_per_pixel(net: FusionNet) -> float:
     """The network's FLOPs per output pixel (multiply-adds of convolutions and products x 2).
 
     Counted on the plain formulation (:mod:`tdfusion.nets.reference`) at 64x64, so that
-    GFLOP/s measure useful work whichever path runs (the optimised paths compute a
+    GFLOP/s measure useful work whichever path runs (the module's path computes a
     slightly larger Gram matrix); every layer's cost is linear in the pixel count.
     """
     from ..nets.reference import plain_fusion

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .blocks import pixel_products, pointwise
+from .blocks import _sums_in_float16, pixel_products, pointwise
 
-__all__ = ["attention_sums", "column_squares", "conv3x3_band", "fold_norm", "fusion_apply", "fusion_stats", "head",
-           "normalize_channels", "restormer_apply", "restormer_stats", "summable"]
+__all__ = ["conv3x3_band", "fold_norm", "fusion_apply", "fusion_stats", "head", "normalize_channels",
+           "restormer_apply", "restormer_stats"]
 
 Rows = tuple[int, int, int, int]  # (first, last, pad_top, pad_bottom)
 
@@ -50,18 +50,6 @@ def conv3x3_band(x: torch.Tensor, weight: torch.Tensor, groups: int, pad_top: in
 Sums = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (q^T k, |q|^2, |k|^2) per channel, float64
 
 
-def attention_sums(q: torch.Tensor, k: torch.Tensor, q_squares: torch.Tensor, k_squares: torch.Tensor) -> Sums:
-    """What a band adds to one transposed attention: ``sum_p q_i(p) k_j(p)`` ``(C, C)`` in
-    float64, with the squared norms of q's and k's channels (:func:`column_squares`).
-
-    ``q`` and ``k`` are ``(h, W, C)`` (views may share memory), already :func:`summable`.
-    Only the ``C x C`` products are computed: the full Gram matrix of ``[q, k]`` (which
-    holds the norms on its diagonal) costs four times the arithmetic, and in the band pass
-    its product was the slower (BENCHMARKS.md, "Band kernels").
-    """
-    return pixel_products(q[None], k[None])[0].double(), q_squares, k_squares
-
-
 def column_squares(x: torch.Tensor) -> torch.Tensor:
     """``(h, W, m) -> (m,)`` float64 sums of squares of each channel over the band."""
     return torch.square(rearrange(x, "h w c -> (h w) c")).sum(0).double()
@@ -69,9 +57,9 @@ def column_squares(x: torch.Tensor) -> torch.Tensor:
 
 def summable(x: torch.Tensor) -> torch.Tensor:
     """``x`` in a type whose sums over a band stay finite: float16 becomes float32 (a
-    band's sums leave float16's range; see :func:`~tdfusion.nets.blocks.pixel_products`).
+    band's sums leave float16's range; the rule of :func:`~tdfusion.nets.blocks.pixel_products`).
     Converted once per band, before q and k are sliced from it."""
-    return x.float() if x.dtype == torch.float16 else x
+    return x.float() if _sums_in_float16(x) else x
 
 
 def normalize_channels(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -80,11 +68,13 @@ def normalize_channels(x: torch.Tensor, eps: float) -> torch.Tensor:
     torch's kernel normalises row by row; with 16-32 channels a row is one or two
     vectors and the per-row overhead dominates: the mean and variance as products with
     a ``(C, 1)`` vector over the whole band take 0.3-0.6 of its time
-    (measured, BENCHMARKS.md). Two passes (centre, then the variance of the centred
+    (BENCHMARKS.md, "Band kernels"). Two passes (centre, then the variance of the centred
     values) as torch's kernel does, so no precision is lost to cancellation.
     """
     c = x.shape[-1]
     m = x.reshape(-1, c)
+    if m.dtype == torch.float16:  # the squares below would leave float16's range at |x - mean| > 256
+        return F.layer_norm(m, (c,), eps=eps)
     mean_of = m.new_full((c, 1), 1.0 / c)
     d = m - m @ mean_of
     return d.mul_(torch.square(d).mm(mean_of).add_(eps).rsqrt_())
@@ -99,13 +89,19 @@ def fold_norm(norm_w: torch.Tensor, norm_b: torch.Tensor, weight: torch.Tensor) 
 
 def restormer_stats(xh: torch.Tensor, eps: float, w_qk: torch.Tensor, b_qk: torch.Tensor, w_qk_dw: torch.Tensor,
                     pt: int, pb: int) -> Sums:
-    """A band with one row of halo -> its attention sums (:func:`attention_sums`);
-    ``(w_qk, b_qk)`` is the projection with the block's first LayerNorm folded in."""
+    """A band with one row of halo -> what it adds to the block's attention: ``q^T k``
+    ``(C, C)`` and the squared norms of q's and k's channels, in float64; ``(w_qk, b_qk)``
+    is the projection with the block's first LayerNorm folded in.
+
+    Only the ``C x C`` products are computed: the full Gram matrix of ``[q, k]`` (which
+    holds the norms on its diagonal) costs four times the arithmetic, and in the band pass
+    its product was the slower (BENCHMARKS.md, "Band kernels").
+    """
     c = xh.shape[-1]
     qk = torch.addmm(b_qk, normalize_channels(xh, eps), w_qk.t()).view(*xh.shape[:-1], 2 * c)
     qk = summable(conv3x3_band(qk, w_qk_dw, 2 * c, pt, pb))
     squares = column_squares(qk)
-    return attention_sums(qk[..., :c], qk[..., c:], squares[:c], squares[c:])
+    return pixel_products(qk[None, ..., :c], qk[None, ..., c:])[0].double(), squares[:c], squares[c:]
 
 
 def restormer_apply(xb: torch.Tensor, eps1: float, w_v: torch.Tensor, b_v: torch.Tensor, w_v_dw: torch.Tensor,
@@ -140,15 +136,15 @@ def restormer_apply(xb: torch.Tensor, eps1: float, w_v: torch.Tensor, b_v: torch
 
 def fusion_stats(xa: torch.Tensor, xb: torch.Tensor, wa_qk: torch.Tensor, wa_qk_dw: torch.Tensor,
                  wb_qk: torch.Tensor, wb_qk_dw: torch.Tensor, pt: int, pb: int) -> tuple[Sums, Sums]:
-    """The AFM's attention sums on one band of both branches (one row of halo): for
-    branch a's attention (queries of b, keys of a), then for branch b's (queries of a,
-    keys of b)."""
+    """The AFM's attention sums (as :func:`restormer_stats`) on one band of both branches
+    (one row of halo): for branch a's attention (queries of b, keys of a), then for branch
+    b's (queries of a, keys of b)."""
     c = xa.shape[-1]
     qka = summable(conv3x3_band(pointwise(xa, wa_qk), wa_qk_dw, 2 * c, pt, pb))
     qkb = summable(conv3x3_band(pointwise(xb, wb_qk), wb_qk_dw, 2 * c, pt, pb))
     sq_a, sq_b = column_squares(qka), column_squares(qkb)  # |qa|^2 |ka|^2, |qb|^2 |kb|^2
-    for_a = attention_sums(qkb[..., :c], qka[..., c:], sq_b[:c], sq_a[c:])
-    for_b = attention_sums(qka[..., :c], qkb[..., c:], sq_a[:c], sq_b[c:])
+    for_a = pixel_products(qkb[None, ..., :c], qka[None, ..., c:])[0].double(), sq_b[:c], sq_a[c:]
+    for_b = pixel_products(qka[None, ..., :c], qkb[None, ..., c:])[0].double(), sq_a[:c], sq_b[c:]
     return for_a, for_b
 
 

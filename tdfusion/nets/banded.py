@@ -1,8 +1,8 @@
 """Exact banded inference of the fusion network, for speed and for images of any size.
 
 The fusion network's attention is global: every MDTA / AFM head mixes channels with a
-``(C/heads) x (C/heads)`` matrix computed from sums over ALL pixels (the Gram matrix
-``q k^T`` and the L2 norms of each channel of ``q`` and ``k``). Tiling the image
+``(C/heads) x (C/heads)`` matrix computed from sums over ALL pixels (the products
+``q^T k`` and the L2 norms of each channel of ``q`` and ``k``). Tiling the image
 therefore changes the result. Everything else in the network is local (1x1 and 3x3
 convolutions, LayerNorm over channels, GELU gates), so each attention stage can be
 computed exactly in two passes over horizontal bands of rows:
@@ -75,7 +75,7 @@ class _AttentionStats:
         self.k2 = torch.zeros(channels, **f64)
 
     def add(self, sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
-        """Add a band's ``(q^T k, |q|^2, |k|^2)`` (:func:`~tdfusion.nets.band_kernels.attention_sums`)."""
+        """Add a band's ``(q^T k, |q|^2, |k|^2)`` (:func:`~tdfusion.nets.band_kernels.restormer_stats`)."""
         qk, q2, k2 = sums
         self.qk += qk
         self.q2 += q2
