@@ -27,11 +27,11 @@ __all__ = [
 #: (:func:`default_band_rows`). Bands are a trade: short ones pay per-operator overhead
 #: and recompute more halo rows, tall ones stream whole-image tensors through memory, so
 #: the height scales with 1/width. About 20k pixels keep a band's 16-channel tensors
-#: (1.3 MB) inside one core's 2 MB L2 on the project's VM. Measured there, one thread,
-#: medians of 3-7 interleaved rounds (BENCHMARKS.md, "Band height"): 640x480 32 rows
-#: 1.29 s against 77 rows 1.45 s; 1280x1024 16 rows 5.86 s against 38 rows 6.04 s;
-#: 256x256 80 rows 0.31 s against the whole image (256 rows) 0.36 s; two pairs in flight
-#: at 640x480, 32 rows 0.706 s per pair against 77 rows 0.804 s.
+#: (1.3 MB) inside one core's 2 MB L2 on the project's VM. Measured there (BENCHMARKS.md,
+#: "Band executor, before/after" and "Band height"): two pairs in flight at 640x480, 32
+#: rows 0.706 s per pair against 77 rows 0.804 s (5 interleaved rounds); one thread,
+#: 640x480 32 rows 1.29 s against 77 rows 1.45 s. At 1280x1024 (16 against 38 rows) and
+#: 256x256 (80 rows against the whole image) the gain is within that sweep's noise.
 DEFAULT_BAND_PIXELS = 20480
 MIN_BAND_ROWS = 8
 
