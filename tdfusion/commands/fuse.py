@@ -221,8 +221,7 @@ def _run_images(args: argparse.Namespace, device) -> int:
     import numpy as np
 
     from ..device import in_flight
-    from ..io import to_integer
-    from ..io import atomic_write, match_pairs, read_image, write_image
+    from ..io import atomic_write, match_pairs, read_image, to_integer, write_image
     from ..progress import progress_bar
 
     pairs = match_pairs(args.a, args.b)
@@ -306,8 +305,7 @@ def _fuse_frames(net, frames, args: argparse.Namespace, batched: bool) -> list:
 def _run_video(args: argparse.Namespace, device) -> int:
     import itertools
 
-    from ..io import to_integer
-    from ..io import write_image
+    from ..io import to_integer, write_image
     from ..progress import progress_bar
     from ..video import DEFAULT_FPS, VideoWriter, is_video
 

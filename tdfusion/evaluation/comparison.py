@@ -26,12 +26,12 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from ..colour import split_luma
-from ..data.base import PairDataset
+from ..data.base import PairDataset, luminance
 from ..data.targets import resize_image
 from ..errors import TDFusionError
-from ..io import atomic_write, list_images, read_image, to_integer, write_image
+from ..io import atomic_write, to_integer, write_image
 from .results import jsonable
+from .sources import fused_image_lookup
 
 __all__ = ["ImageSource", "HEADLINE_METRICS", "compare", "materialize", "prepare_sources", "run_seeds",
            "separated", "summarize"]
@@ -52,19 +52,6 @@ class ImageSource:
 
 
 # -- 1. source folders -------------------------------------------------------------------------------------------
-def _folder_lookup(folder: Path, split: str):
-    index = {key: (list_images(folder / key) if key and (folder / key).is_dir() else {}) for key in (split,)}
-    index[""] = list_images(folder)
-
-    def find(stem: str) -> Path:
-        for key in (split, ""):
-            if stem in index[key]:
-                return index[key][stem]
-        raise TDFusionError(f"{folder}: no fused image for {stem!r} (looked in {folder / split} and {folder})")
-
-    return find
-
-
 def _fuse_like_the_cli(net, dataset: PairDataset, index: int, out: Path) -> Path:
     """Write what ``tdfusion fuse`` writes for pair ``index`` (same function, same options)."""
     from ..inference import fuse_images
@@ -105,17 +92,17 @@ def materialize(source: ImageSource, splits: dict[str, PairDataset], folder: Pat
         out = folder / split
         for sub in ("images", "masks" if meta["kind"] == "mask" else "labels"):
             (out / sub).mkdir(parents=True, exist_ok=True)
-        find = _folder_lookup(Path(source.where), split) if source.kind == "folder" else None
+        find = fused_image_lookup(Path(source.where)) if source.kind == "folder" else None
         for i in range(len(dataset)):
             sample = dataset[i]
             if source.kind == "input":
                 y = sample.a if source.where == "a" else sample.b
             elif source.kind == "folder":
-                y = split_luma(read_image(find(sample.stem)).pixels)[0]
+                y = luminance(find(sample.stem, split))
             else:
                 with torch.inference_mode():
                     fused = _fuse_like_the_cli(net, dataset, i, _fuse_path(out, sample.stem))
-                y = split_luma(read_image(fused).pixels)[0]
+                y = luminance(fused)
             y = resize_image(y, sample.a.shape)  # another method may have written another size
             write_image(out / "images" / f"{sample.stem}.png", to_integer(y, 8), durable=False)
             _write_targets(sample, out)

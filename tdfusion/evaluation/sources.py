@@ -29,7 +29,8 @@ from ..errors import TDFusionError
 from ..io import list_images
 from .loop import eval_views, evaluate_views
 
-__all__ = ["ImageSource", "evaluate_sources", "fused_folder_source", "fusion_source", "input_source"]
+__all__ = ["ImageSource", "evaluate_sources", "fused_folder_source", "fused_image_lookup", "fusion_source",
+           "input_source"]
 
 
 @dataclass
@@ -58,9 +59,9 @@ def fusion_source(name: str, fusion_net: nn.Module) -> ImageSource:
     return ImageSource(name, image)
 
 
-def fused_folder_source(name: str, folder: str | os.PathLike) -> ImageSource:
-    """Fused images of another method: ``<folder>/<split>/<stem>.*`` or ``<folder>/<stem>.*``."""
-    folder = Path(folder)
+def fused_image_lookup(folder: Path) -> Callable[[str, str], Path]:
+    """``lookup(stem, split)``: another method's fused image for a pair, ``<folder>/<split>/<stem>.*``
+    or else ``<folder>/<stem>.*`` (each folder listed once, when first needed)."""
     if not folder.is_dir():
         raise TDFusionError(f"{folder}: no such folder of fused images")
     index: dict[str, dict[str, Path]] = {}
@@ -73,6 +74,13 @@ def fused_folder_source(name: str, folder: str | os.PathLike) -> ImageSource:
             if stem in index[key]:
                 return index[key][stem]
         raise TDFusionError(f"{folder}: no fused image for {stem!r} (looked in {folder / split} and {folder})")
+
+    return lookup
+
+
+def fused_folder_source(name: str, folder: str | os.PathLike) -> ImageSource:
+    """Fused images of another method: ``<folder>/<split>/<stem>.*`` or ``<folder>/<stem>.*``."""
+    lookup = fused_image_lookup(Path(folder))
 
     def image(view: dict[str, Any], split: str) -> torch.Tensor:
         out = []
