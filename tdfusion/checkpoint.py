@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch

@@ -8,6 +8,7 @@ interface (class ``ReFusion``, ``load_state_dict`` of a published checkpoint,
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -150,20 +151,28 @@ def test_bench_measures_each_thread_count(tmp_path):
     assert [r["threads"] for r in rows] == [1, 2]
 
 
-def test_bench_vs_official_times_both_on_the_same_pairs(shared_data, tmp_path, capsys):
+@pytest.mark.parametrize("isolate", [True, False])
+def test_bench_vs_official_times_both_on_the_same_pairs(shared_data, tmp_path, capsys, isolate):
     stand_in = tmp_path / "ReFusion.py"
     stand_in.write_text(STAND_IN)
     root = shared_data / "refusion"
     out = tmp_path / "vs.json"
     assert main(["bench", "--vs-official", str(stand_in), "--checkpoint", str(root / "models" / "ReFusion_MIF.pth"),
                  "--a", str(root / "test_cases" / "MIF" / "CT_PET_SPECT"), "--b", str(root / "test_cases" / "MIF" / "MRI"),
-                 "--vs-pairs", "2", "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0
+                 "--vs-pairs", "2", "--repeats", "1", "--device", "cpu", "--json", str(out)]
+                + ([] if isolate else ["--no-isolate"])) == 0
     res = json.loads(out.read_text())["vs_official"]
     assert res["pairs"] == 2 and res["sizes"] == ["256x256"] and len(res["rounds"]) == 1
+    assert res["isolated"] is isolate
     assert res["max_abs_diff"] < 1e-4  # the same network, two formulations
     r = res["rounds"][0]
     assert r["ours_s_per_pair"] == pytest.approx(r["ours_2_pairs_s"] / 2)
     assert r["ratio"] == pytest.approx(r["official_s_per_pair"] / r["ours_s_per_pair"])
+    assert 0 <= r["ours_system_share"] <= 1 and 0 <= r["official_system_share"] <= 1
+    # where each side ran: two fresh processes, or this one
+    here = os.getpid()
+    assert r["processes"] == ([p for p in r["processes"] if p != here] if isolate else [here, here])
+    assert len(set(r["processes"])) == (2 if isolate else 1)
     assert "official / ours" in capsys.readouterr().out
 
 

@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "F and T in the fusion phase)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false",
                    help="measure everything in this process (default: each figure in a fresh process, "
-                        "so that its peak memory is its own)")
+                        "so that its peak memory and its allocator settings are its own)")
     p.add_argument("--item", default=None, help=argparse.SUPPRESS)  # internal: one figure, as JSON
     p.add_argument("--data", default=None, metavar="NAME",
                    help="also time training-batch loading from this dataset (e.g. msrs_det with "
@@ -70,8 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "default 1,all); --threads N measures with N only")
     p.add_argument("--vs-official", default=None, metavar="PATH",
                    help="time the official ReFusion network (its .py file, e.g. ReFusion.py of the ReFusion "
-                        "repository; not shipped) beside tdfusion fuse end to end, in this process, on the "
-                        "pairs of --a/--b with the published --checkpoint; prints the ratio")
+                        "repository; not shipped) beside tdfusion fuse end to end, in alternating rounds on "
+                        "the pairs of --a/--b with the published --checkpoint; prints the ratio. Each round "
+                        "of each side runs in a fresh process, each program as its users run it; "
+                        "--no-isolate runs both in this process")
     p.add_argument("--official-class", default="ReFusion", metavar="NAME",
                    help="the network class in the --vs-official file (default ReFusion)")
     p.add_argument("--a", default=None, metavar="DIR", help="--vs-official: folder of first sources")
@@ -203,7 +205,7 @@ def _thread_counts(args: argparse.Namespace) -> list[int]:
 
 
 def _run_vs_official(args: argparse.Namespace, console, hw: dict, say) -> int:
-    """``--vs-official``: the official network beside ``tdfusion fuse``, one process, alternating rounds."""
+    """``--vs-official``: the official network beside ``tdfusion fuse``, alternating rounds."""
     from rich.table import Table
 
     from ..bench.vs_official import bench_vs_official
@@ -211,18 +213,23 @@ def _run_vs_official(args: argparse.Namespace, console, hw: dict, say) -> int:
     if not (args.checkpoint and args.a and args.b):
         raise TDFusionError("--vs-official needs --checkpoint (a published ReFusion_*.pth) and --a/--b folders")
     res = bench_vs_official(args.vs_official, args.checkpoint, args.a, args.b, pairs=args.vs_pairs,
-                            rounds=args.repeats, class_name=args.official_class, jobs=args.jobs, progress=say)
+                            rounds=args.repeats, class_name=args.official_class, jobs=args.jobs,
+                            isolate=args.isolate, progress=say)
+    where = "each side in a fresh process" if res["isolated"] else "both in one process"
     t = Table(title=f"tdfusion fuse end to end vs the official network's forward, {res['pairs']} pairs "
-                    f"({', '.join(res['sizes'])}), {res['threads']} threads")
-    for col in ("round", "ours s/pair", "official s/pair", "official / ours", "load (1 min)"):
+                    f"({', '.join(res['sizes'])}), {res['threads']} threads, {where}")
+    for col in ("round", "ours s/pair", "official s/pair", "official / ours", "ours system",
+                "official system", "load (1 min)"):
         t.add_column(col, justify="right")
     for i, r in enumerate(res["rounds"], 1):
         t.add_row(str(i), _fmt(r["ours_s_per_pair"]), _fmt(r["official_s_per_pair"]), f"{r['ratio']:.2f}x",
+                  f"{r['ours_system_share']:.0%}", f"{r['official_system_share']:.0%}",
                   _fmt(r["load_average_1min"]))
     t.add_row("median", _fmt(res["ours_s_per_pair"]), _fmt(res["official_s_per_pair"]),
-              f"{res['median_ratio']:.2f}x", "")
+              f"{res['median_ratio']:.2f}x", "", "", "")
     console.print(t)
-    console.print(f"outputs: max |official - tdfusion| = {res['max_abs_diff']:.2g} (raw network outputs)")
+    console.print(f"outputs: max |official - tdfusion| = {res['max_abs_diff']:.2g} (raw network outputs); "
+                  "system: the kernel's share of a side's CPU time (page faults, mostly)")
     if args.json:
         with atomic_write(args.json, "w") as fh:
             json.dump({"hardware": hw, "vs_official": res}, fh, indent=2)

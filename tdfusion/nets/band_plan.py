@@ -26,8 +26,9 @@ __all__ = [
 #: Pixels per band on CPU when neither a band height nor a memory bound is given
 #: (:func:`default_band_rows`). Bands are a trade: short ones pay per-operator overhead
 #: and recompute more halo rows, tall ones stream whole-image tensors through memory, so
-#: the height scales with 1/width. About 20k pixels keep a band's 16-channel tensors
-#: (1.3 MB) inside one core's 2 MB L2 on the project's VM. Measured there (BENCHMARKS.md,
+#: the height scales with 1/width. At about 20k pixels each of a band's widest tensors
+#: (64 channels, 5.2 MB) stays in the 32 MB L3 of the project's VM (its L2, 1 MB per
+#: core, holds no band of useful height: ``lscpu -C``). Measured there (BENCHMARKS.md,
 #: "Band executor, before/after" and "Band height"): two pairs in flight at 640x480, 32
 #: rows 0.706 s per pair against 77 rows 0.804 s (5 interleaved rounds); one thread,
 #: 640x480 32 rows 1.29 s against 77 rows 1.45 s. At 1280x1024 (16 against 38 rows) and
