@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Raw output range of fusion checkpoints on a folder of test pairs, and the fusion loss's
 intensity term (equal weights) of two reference images: a black one and the even blend.
+For a checkpoint that holds the loss generator G, also G's mean weight on the first source
+and the share of its weights within 1e-3 of 0 or 1 (saturated: no gradient passes).
 
     python scripts/fused_range.py ../shared/data/msrs_det/test runs/efficacy_full/msrs/{fixed,recon,det}/last.pt
 
-What docs/results.md uses to show that a training collapsed to a near-black F.
+What docs/results.md uses to show that a training collapsed to a near-black F, or that G
+saturated.
 """
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tdfusion.checkpoint import load_fusion_net
+from tdfusion.checkpoint import load_checkpoint, load_fusion_net, load_module
 from tdfusion.data.base import luminance
 from tdfusion.inference import fuse_luma
 from tdfusion.io import match_pairs
+from tdfusion.training.health import BOUND, HealthStats
 
 
 def main() -> None:
@@ -39,6 +43,22 @@ def main() -> None:
         outs = [fuse_luma(net, a, b) for a, b in sources]
         print(f"{ckpt}: raw output mean {np.mean([o.mean() for o in outs]):.3g}, "
               f"max {max(o.max() for o in outs):.3g}")
+        record = load_checkpoint(ckpt)
+        fixed = record.get("extra", {}).get("config", {}).get("loss", {}).get("fixed_weights", False)
+        if "lossgen" in record and not fixed:  # the fixed-weight ablation saves a G it never used
+            print("  G: " + lossgen_summary(load_module(record, "lossgen", ckpt).eval(), sources))
+
+
+@torch.no_grad()
+def lossgen_summary(lossgen: torch.nn.Module, sources) -> str:
+    """G's mean ``w_a`` over the pairs and the share of its weights at a bound."""
+    stats, means = HealthStats(lossgen), []
+    for a, b in sources:
+        weights = lossgen(*(torch.from_numpy(x)[None, None] for x in (a, b)))  # (1, 2 or 4, H, W)
+        stats.add_weights(weights)
+        means.append(weights[:, 0].mean().item())
+    return (f"mean w_a {np.mean(means):.3g}, weights within {BOUND:g} of 0 or 1: "
+            f"{stats.figures()['lossgen_at_bounds']:.1%}")
 
 
 if __name__ == "__main__":
