@@ -46,20 +46,19 @@ def main() -> None:
         record = load_checkpoint(ckpt)
         fixed = record.get("extra", {}).get("config", {}).get("loss", {}).get("fixed_weights", False)
         if "lossgen" in record and not fixed:  # the fixed-weight ablation saves a G it never used
-            print("  G: " + lossgen_summary(load_module(record, "lossgen", ckpt).eval(), sources))
+            mean_wa, at_bounds = lossgen_figures(load_module(record, "lossgen", ckpt).eval(), sources)
+            print(f"  G: mean w_a {mean_wa:.3g}, weights within {BOUND:g} of 0 or 1: {at_bounds:.1%}")
 
 
 @torch.no_grad()
-def lossgen_summary(lossgen: torch.nn.Module, sources) -> str:
+def lossgen_figures(lossgen: torch.nn.Module, sources) -> tuple[float, float]:
     """G's mean ``w_a`` over the pairs and the share of its weights at a bound."""
     stats, means = HealthStats(lossgen), []
     for a, b in sources:
         weights = lossgen(*(torch.from_numpy(x)[None, None] for x in (a, b)))  # (1, 2 or 4, H, W)
         stats.add_weights(weights)
         means.append(weights[:, 0].mean().item())
-    return (f"mean w_a {np.mean(means):.3g}, weights within {BOUND:g} of 0 or 1: "
-            f"{stats.figures()['lossgen_at_bounds']:.1%}")
-
+    return float(np.mean(means)), stats.figures()["lossgen_at_bounds"]
 
 if __name__ == "__main__":
     main()

@@ -57,3 +57,29 @@ def test_meta_credit_probe_reports_every_class_in_both_settings(tmp_path):
         assert {"background", "road"} <= set(row)
         for r in row.values():
             assert r["of"] >= 1 and 0 <= r["rewards_ir"] <= r["of"] and r["mean_per_pixel"] != 0.0
+
+
+def test_fused_range_reports_a_saturated_loss_generator():
+    """scripts/fused_range.py's G figures against known weights: a G whose last convolution is
+    zero gives w_a = 0.5 everywhere (none at a bound); scaled by 1e4, its softmax sits at 0 or
+    1 almost everywhere."""
+    import numpy as np
+    import torch
+
+    from tdfusion.nets import create_model
+
+    spec = importlib.util.spec_from_file_location("fused_range", REPO / "scripts" / "fused_range.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    g = create_model("lossgen", dim=8, num_blocks=1, heads=2).eval()
+    rng = np.random.default_rng(0)
+    sources = [(rng.random((24, 32), dtype=np.float32), rng.random((24, 32), dtype=np.float32)) for _ in range(2)]
+    last = g.head[-1].weight
+    with torch.no_grad():
+        saved = last.clone()
+        last.zero_()
+        assert script.lossgen_figures(g, sources) == (0.5, 0.0)
+        last.copy_(saved * 1e4)
+        mean_wa, at_bounds = script.lossgen_figures(g, sources)
+    assert at_bounds > 0.95 and 0.0 <= mean_wa <= 1.0
