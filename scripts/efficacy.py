@@ -173,14 +173,13 @@ def g_weight_profile(ckpt: Path, mode: dict, n: int = 32) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from tdfusion.checkpoint import load_checkpoint, load_module
+    from tdfusion.checkpoint import load_checkpoint, trained_lossgen
     from tdfusion.data import build_dataset
     from tdfusion.synthetic import SEG_CLASSES
 
-    record = load_checkpoint(ckpt)
-    if "lossgen" not in record or record.get("extra", {}).get("config", {}).get("loss", {}).get("fixed_weights"):
+    g = trained_lossgen(load_checkpoint(ckpt), str(ckpt))
+    if g is None:
         return {}
-    g = load_module(record, "lossgen", str(ckpt)).eval()
     data = build_dataset("synthetic", None, "test", length=min(n, mode["length"]), size=mode["size"], target="mask")
     sums, counts = np.zeros(len(SEG_CLASSES)), np.zeros(len(SEG_CLASSES))
     with torch.no_grad():

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tdfusion.checkpoint import load_checkpoint, load_fusion_net, load_module
+from tdfusion.checkpoint import load_fusion_net, trained_lossgen
 from tdfusion.data.base import luminance
 from tdfusion.inference import fuse_luma
 from tdfusion.io import match_pairs
@@ -39,14 +39,13 @@ def main() -> None:
     blend = np.mean([intensity((a + b) / 2, a, b) for a, b in sources])
     print(f"{len(sources)} pairs; intensity term (equal weights): black image {black:.4f}, even blend {blend:.4f}")
     for ckpt in args.checkpoints:
-        net = load_fusion_net(ckpt, torch.device("cpu"))[0]
+        net, record = load_fusion_net(ckpt, torch.device("cpu"))
         outs = [fuse_luma(net, a, b) for a, b in sources]
         print(f"{ckpt}: raw output mean {np.mean([o.mean() for o in outs]):.3g}, "
               f"max {max(o.max() for o in outs):.3g}")
-        record = load_checkpoint(ckpt)
-        fixed = record.get("extra", {}).get("config", {}).get("loss", {}).get("fixed_weights", False)
-        if "lossgen" in record and not fixed:  # the fixed-weight ablation saves a G it never used
-            mean_wa, at_bounds = lossgen_figures(load_module(record, "lossgen", ckpt).eval(), sources)
+        lossgen = trained_lossgen(record, ckpt)
+        if lossgen is not None:
+            mean_wa, at_bounds = lossgen_figures(lossgen, sources)
             print(f"  G: mean w_a {mean_wa:.3g}, weights within {BOUND:g} of 0 or 1: {at_bounds:.1%}")
 
 

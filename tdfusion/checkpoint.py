@@ -36,7 +36,7 @@ VERSION = 1
 
 __all__ = [
     "FORMAT", "VERSION", "build_fusion_net", "convert_refusion_state_dict", "load_checkpoint", "load_fusion_net",
-    "module_record", "safe_torch_load", "save_checkpoint",
+    "load_module", "module_record", "safe_torch_load", "save_checkpoint", "trained_lossgen",
 ]
 
 # Reference name -> toolkit name, applied in order to each key (first match wins per rule).
@@ -204,6 +204,15 @@ def load_module(ckpt: Mapping, key: str, path: str = "checkpoint") -> nn.Module:
     if key not in ckpt:
         raise TDFusionError(f"{path}: checkpoint holds no {key} network")
     return _build(ckpt[key], key, path)
+
+
+def trained_lossgen(ckpt: Mapping, path: str = "checkpoint") -> nn.Module | None:
+    """The loss generator G that the checkpoint's run trained and used, in eval mode; None
+    when the checkpoint holds none or comes from the fixed-weight ablation (whose saved G
+    never left its initialisation)."""
+    if "lossgen" not in ckpt or ckpt.get("extra", {}).get("config", {}).get("loss", {}).get("fixed_weights"):
+        return None
+    return load_module(ckpt, "lossgen", path).eval()
 
 
 def module_record(arch: str, net: nn.Module) -> dict:

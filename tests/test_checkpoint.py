@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tdfusion.checkpoint import (
-    FORMAT, VERSION, convert_refusion_state_dict, load_fusion_net, load_module,
-    module_record, save_checkpoint,
+    FORMAT, VERSION, convert_refusion_state_dict, load_checkpoint, load_fusion_net, load_module,
+    module_record, save_checkpoint, trained_lossgen,
 )
 from tdfusion.errors import TDFusionError
 from tdfusion.nets import FusionNet, LossGenerator
@@ -219,3 +219,20 @@ def test_newer_version(tmp_path):
     p = tmp_path / "future.pt"
     torch.save({"format": FORMAT, "version": VERSION + 1, "fusion": module_record("fusion", fusion)}, p)
     _assert_error_names(p, "newer")
+
+
+def test_trained_lossgen_is_none_for_the_fixed_weight_ablation(tmp_path):
+    """The fixed-weight ablation saves a G it never trained: no G to report for it."""
+    fusion = module_record("fusion", FusionNet(dim=8, num_blocks=1, heads=2))
+    g = LossGenerator(dim=8, num_blocks=1, heads=2)
+    found = {}
+    for name, fixed, with_g in (("used", False, True), ("fixed", True, True), ("none", False, False)):
+        ckpt = {"fusion": fusion, "extra": {"config": {"loss": {"fixed_weights": fixed}}}}
+        if with_g:
+            ckpt["lossgen"] = module_record("lossgen", g)
+        save_checkpoint(ckpt, tmp_path / f"{name}.pt")
+        found[name] = trained_lossgen(load_checkpoint(tmp_path / f"{name}.pt"))
+    assert found["fixed"] is None and found["none"] is None
+    assert not found["used"].training
+    for key, value in g.state_dict().items():
+        assert torch.equal(found["used"].state_dict()[key], value)
