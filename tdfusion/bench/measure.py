@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..hostinfo import cpu_model
 
-__all__ = ["MemoryPeak", "count_flops", "flops_per_op", "hardware", "timed", "timing_row"]
+__all__ = ["MemoryPeak", "count_flops", "flops_per_op", "hardware", "run_child", "timed", "timing_row"]
 
 
 def hardware(device: torch.device) -> dict[str, Any]:
@@ -74,6 +74,20 @@ class MemoryPeak:
             self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
         else:
             self.peak_mb = _status_mb("VmHWM")
+
+
+def run_child(argv: list[str], what: str) -> str:
+    """Run a measurement in a fresh interpreter (``argv``) and return its standard output;
+    a failure becomes one line, ``what`` and the child's last line of output."""
+    import subprocess
+
+    from ..errors import TDFusionError
+
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+        raise TDFusionError(f"{what}: {lines[-1] if lines else 'the child process failed'}")
+    return proc.stdout
 
 
 def _status_mb(field: str) -> float | None:

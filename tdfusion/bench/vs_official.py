@@ -41,7 +41,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ import torch
 from ..errors import TDFusionError
 from ..colour import split_luma
 from ..io import match_pairs, read_image
+from .measure import run_child
 
 __all__ = ["bench_vs_official", "load_official"]
 
@@ -95,22 +95,18 @@ def _link_pairs(pairs, folder: Path) -> tuple[Path, Path]:
     return fa, fb
 
 
-def _cpu_times() -> tuple[float, float]:
-    """This process's user and system CPU seconds, all threads (``os.times``)."""
-    t = os.times()
-    return t.user, t.system
-
-
 class _CpuClock:
-    """Wall time over a block, and the system (kernel) share of the CPU time spent in it."""
+    """Wall time over a block, and the system (kernel) share of this process's CPU time in
+    it, all threads (``os.times``)."""
 
     def __enter__(self) -> _CpuClock:
-        self._cpu, self._t0 = _cpu_times(), time.perf_counter()
+        self._cpu, self._t0 = os.times(), time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         self.wall = time.perf_counter() - self._t0
-        user, system = (b - a for a, b in zip(self._cpu, _cpu_times()))
+        cpu = os.times()
+        user, system = cpu.user - self._cpu.user, cpu.system - self._cpu.system
         self.system_share = system / (user + system) if user + system > 0 else 0.0
 
 
@@ -176,13 +172,9 @@ class _Ours:
 def _in_child(side: str, spec: dict[str, Any]) -> tuple[dict[str, float], int]:
     """One round of one side in a fresh interpreter (:func:`_child_main`): its figures and
     the process id it ran in."""
-    proc = subprocess.run([sys.executable, "-m", "tdfusion.bench.vs_official", side, json.dumps(spec)],
-                          capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
-    if proc.returncode != 0 or not lines:
-        err = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-        raise TDFusionError(f"--vs-official, {side} side: {err[-1] if err else 'the child process failed'}")
-    reply = json.loads(lines[-1])
+    out = run_child([sys.executable, "-m", "tdfusion.bench.vs_official", side, json.dumps(spec)],
+                    f"--vs-official, {side} side")
+    reply = json.loads(out.strip().splitlines()[-1])  # the child's last line; fuse's output comes before
     return reply["figures"], reply["pid"]
 
 

@@ -159,8 +159,9 @@ def _network(args: argparse.Namespace, device):
 
 def _in_child(item: dict, args: argparse.Namespace) -> list[dict]:
     """Run one figure in a fresh interpreter: peak memory then belongs to that figure alone."""
-    import subprocess
     import tempfile
+
+    from ..bench.measure import run_child
 
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/rows.json"
@@ -172,10 +173,7 @@ def _in_child(item: dict, args: argparse.Namespace) -> list[dict]:
                             ("--chunk-rows", args.chunk_rows), ("--checkpoint", args.checkpoint)):
             if value is not None:
                 argv += [flag, str(value)]
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        if proc.returncode != 0:
-            lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-            raise TDFusionError(f"bench {item}: {lines[-1] if lines else 'failed'}")
+        run_child(argv, f"bench {item}")
         with open(out) as fh:
             return json.load(fh)
 
