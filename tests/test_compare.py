@@ -20,7 +20,8 @@ import torch
 from tdfusion.checkpoint import module_record, save_checkpoint
 from tdfusion.cli import main
 from tdfusion.data import build_dataset
-from tdfusion.evaluation.comparison import ImageSource, mark_spread, prepare_sources, separated, summarize
+from tdfusion.evaluation.comparison import ImageSource, prepare_sources
+from tdfusion.evaluation.statistics import mark_spread, separated, summarize
 from tdfusion.evaluation.downstream import train_downstream
 from tdfusion.evaluation.downstream_settings import PRESETS, downstream_settings, lr_factor, with_overrides
 from tdfusion.evaluation.source_folder import SourceFolderDataset, seg_train_view
@@ -256,3 +257,77 @@ def test_eval_json_and_note_name_it_a_diagnostic(tmp_path, capsys, synth_root):
     printed = capsys.readouterr().out
     assert json.loads(out.read_text())["protocol"] == "checkpoint-task-network"
     assert "favours the checkpoint" in printed and "tdfusion compare" in printed
+
+
+# -- fusion seeds pooled, paired differences ---------------------------------------------------------------------
+def test_paired_differences_against_hand_computed_values():
+    from tdfusion.evaluation.comparison import pool_runs
+    from tdfusion.evaluation.statistics import paired_differences
+
+    def runs(values):
+        return [{"seed": s, "mIoU": v} for s, v in zip((0, 1, 2), values)]
+
+    sources = [ImageSource("fixed", "checkpoint", "f0.pt", 0), ImageSource("fixed", "checkpoint", "f1.pt", 1),
+               ImageSource("seg", "checkpoint", "s0.pt", 0), ImageSource("seg", "checkpoint", "s1.pt", 1),
+               ImageSource("ir", "input", "a")]
+    by_label = {"fixed": runs([0.40, 0.42, 0.44]), "fixed#1": runs([0.41, 0.43, 0.45]),
+                "seg": runs([0.42, 0.43, 0.47]), "seg#1": runs([0.40, 0.45, 0.46]), "ir": runs([0.45, 0.40, 0.50])}
+    pooled, fusion_runs = pool_runs(sources, by_label)
+    assert fusion_runs == {"fixed": ["f0.pt", "f1.pt"], "seg": ["s0.pt", "s1.pt"]}
+    assert [(r["fusion_run"], r["seed"]) for r in pooled["seg"]] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    summary = {name: summarize(r, ["mIoU"]) for name, r in pooled.items()}
+    assert summary["fixed"]["mean"]["mIoU"] == pytest.approx(0.425)  # (0.40+0.42+0.44+0.41+0.43+0.45) / 6
+    paired = paired_differences(summary, "fixed", ["mIoU"])
+    assert paired["baseline"] == "fixed" and set(paired["sources"]) == {"seg", "ir"}
+    # seg - fixed on (fusion run, seed): +0.02 +0.01 +0.03 | -0.01 +0.02 +0.01
+    seg = paired["sources"]["seg"]
+    assert seg["n"] == 6 and seg["positive"]["mIoU"] == 5
+    assert seg["mean"]["mIoU"] == pytest.approx(0.08 / 6)
+    assert seg["std"]["mIoU"] == pytest.approx(0.0136626, abs=1e-6)  # sqrt(9.3333e-4 / 5)
+    # t(0.975, 5) = 2.570582; half width 2.570582 * 0.0136626 / sqrt(6) = 0.014338: the interval holds 0
+    assert seg["ci95"]["mIoU"] == pytest.approx([0.0133333 - 0.014338, 0.0133333 + 0.014338], abs=1e-5)
+    assert seg["mark"]["mIoU"] == "="
+    # ir (one source) - fixed on the seed alone: +0.05 -0.02 +0.06 | +0.04 -0.03 +0.05
+    ir = paired["sources"]["ir"]
+    assert ir["n"] == 6 and ir["positive"]["mIoU"] == 4 and ir["mean"]["mIoU"] == pytest.approx(0.025)
+    # a clear, consistent difference is marked
+    summary["up"] = summarize([{**r, "mIoU": r["mIoU"] + 0.02 + 0.001 * i} for i, r in enumerate(pooled["fixed"])],
+                              ["mIoU"])
+    assert paired_differences(summary, "fixed", ["mIoU"])["sources"]["up"]["mark"]["mIoU"] == ">"
+
+
+def test_compare_pools_checkpoints_that_share_a_name_and_pairs_them(tmp_path, capsys):
+    ckpts = [str(_checkpoint(tmp_path / f"{i}.pt", i)) for i in range(4)]
+    out, csv_path = tmp_path / "x.json", tmp_path / "x.csv"
+    rc = main(["compare", "--task", "seg", "--dataset", "synthetic", "--checkpoint", *ckpts,
+               "--checkpoint-names", "fixed", "fixed", "seg", "seg", "--baseline", "fixed", "--seeds", "0", "1",
+               "--preset", "fast", "--epochs", "1", "--device", "cpu", "--json", str(out), "--csv", str(csv_path),
+               *SYNTH])
+    assert rc == 0
+    table = json.loads(out.read_text())
+    assert list(table["sources"]) == ["fixed", "seg", "ir", "vis"]
+    assert table["sources"]["seg"]["fusion_runs"] == ckpts[2:] and "fusion_runs" not in table["sources"]["ir"]
+    seg, fixed = table["sources"]["seg"], table["sources"]["fixed"]
+    assert [(r["fusion_run"], r["seed"]) for r in seg["runs"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    values = [r["mIoU"] for r in seg["runs"]]
+    assert seg["mean"]["mIoU"] == pytest.approx(np.mean(values)) and seg["std"]["mIoU"] == pytest.approx(
+        np.std(values, ddof=1))
+    # two checkpoints of different weights give different images, hence different runs
+    assert seg["runs"][0]["mIoU"] != seg["runs"][2]["mIoU"] or seg["runs"][1]["mIoU"] != seg["runs"][3]["mIoU"]
+    paired = table["paired"]
+    assert paired["baseline"] == "fixed" and set(paired["sources"]) == {"seg", "ir", "vis"}
+    d = [s["mIoU"] - f["mIoU"] for s, f in zip(seg["runs"], fixed["runs"])]
+    assert paired["sources"]["seg"]["mean"]["mIoU"] == pytest.approx(np.mean(d))
+    assert paired["sources"]["seg"]["positive"]["mIoU"] == sum(x > 0 for x in d) and paired["sources"]["seg"]["n"] == 4
+    ir = {r["seed"]: r["mIoU"] for r in table["sources"]["ir"]["runs"]}
+    d_ir = [ir[f["seed"]] - f["mIoU"] for f in fixed["runs"]]
+    assert paired["sources"]["ir"]["mean"]["mIoU"] == pytest.approx(np.mean(d_ir))
+    printed = capsys.readouterr().out
+    assert "paired differences to fixed" in printed and "fixed (baseline)" in printed
+    assert "fusion run 1 seed 0" in csv_path.read_text() and "paired mean" in csv_path.read_text()
+
+
+def test_compare_refuses_an_unknown_baseline(tmp_path, capsys):
+    rc = main(["compare", "--task", "seg", "--dataset", "synthetic", "--checkpoint", str(_checkpoint(tmp_path / "a.pt", 0)),
+               "--baseline", "nope", "--seeds", "0", "--preset", "fast", "--epochs", "1", "--device", "cpu", *SYNTH])
+    assert rc == 2 and "--baseline 'nope' is not one of the sources" in capsys.readouterr().err

@@ -28,11 +28,12 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
 
-def folder_names(args: argparse.Namespace) -> list[str]:
+def folder_names(args: argparse.Namespace, pooled: bool = False) -> list[str]:
+    """The --fused folders' names; ``pooled``: a name may repeat (one method's fusion runs)."""
     names = args.names or [Path(d).name for d in args.fused]
     if len(names) != len(args.fused):
         raise TDFusionError(f"--names gives {len(names)} names for {len(args.fused)} --fused folders")
-    if len(set(names)) != len(names):
+    if not pooled and len(set(names)) != len(names):
         raise TDFusionError(f"--names must be distinct: {' '.join(names)}")
     return names
 

@@ -15,12 +15,21 @@ downstream regime (config section `downstream:`, preset `paper` = the downstream
 TDFusion names, or `fast` for CPU runs), then scored on that source's test images
 (TDFusion Sec. 4.3, Table 2). Every source goes through the same path: a checkpoint's
 images are made exactly as `tdfusion fuse` makes them, then read back like a --fused
-folder. The table shows mean ± std over the seeds; a source whose interval does not
-overlap the best source's is marked "<".
+folder. The table shows mean ± std over each source's runs, and each source's paired
+difference to the baseline (--baseline; default the source named `fixed`, else the first
+checkpoint): the mean of the run-by-run differences (same downstream seed, and the same
+fusion run where both sources have several), its std, and how many runs came out above.
+">" / "<" mark a difference whose 95% t-interval excludes 0.
+
+Fusion-training seeds: give one name to several checkpoints (--checkpoint-names fixed fixed
+seg seg); they are pooled as one source whose runs are (fusion run x seed), and paired
+with another pooled source run by run.
 
 examples:
   tdfusion compare --task seg --dataset synthetic --checkpoint runs/a/last.pt runs/b/last.pt \\
                    --seeds 0 1 --preset fast --json x.json
+  tdfusion compare --task seg --dataset synthetic --checkpoint f0/last.pt f1/last.pt s0/last.pt s1/last.pt \\
+                   --checkpoint-names fixed fixed seg seg --baseline fixed --seeds 0 1 2 --json x.json
   tdfusion compare --task seg --dataset msrs --data-root /data/MSRS --checkpoint runs/msrs_seg/last.pt \\
                    --fused results/cddfuse --names cddfuse --seeds 0 1 2 --json table2.json
   tdfusion compare --task det --dataset msrs_det --data-root ../shared/data/msrs_det --preset fast \\
@@ -35,7 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", nargs="*", default=[], metavar="PATH",
                    help="tdfusion or published checkpoints whose fusion networks are compared")
     p.add_argument("--checkpoint-names", nargs="+", default=None, metavar="NAME",
-                   help="names for the --checkpoint sources (default: 'fused' for one, the run folder's name else)")
+                   help="names for the --checkpoint sources (default: 'fused' for one, the run folder's name "
+                        "else); checkpoints that share a name are one method's fusion-training runs, pooled")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="the source every other is paired with (default: 'fixed' if a source has that name, "
+                        "else the first checkpoint, else the first source)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="S",
                    help="train every source once per seed (default: train.seed); the table shows mean ± std")
     p.add_argument("--preset", choices=("paper", "fast"), help="downstream regime preset (downstream.preset)")
@@ -95,13 +108,13 @@ def run(args: argparse.Namespace) -> int:
                             f"{task.name!r} needs {task.target_kind!r}")
 
     sources = [ImageSource(n, "checkpoint", str(p)) for n, p in zip(checkpoint_names(args), args.checkpoint)]
-    sources += [ImageSource(n, "folder", str(d)) for n, d in zip(folder_names(args), args.fused)]
+    sources += [ImageSource(n, "folder", str(d)) for n, d in zip(folder_names(args, pooled=True), args.fused)]
     if not args.no_baselines:
         sources += [ImageSource("ir", "input", "a"), ImageSource("vis", "input", "b")]
     seeds = args.seeds if args.seeds is not None else [int(cfg["train"]["seed"])]
     task_cfg = {k: v for k, v in cfg["task"].items()}
     payload = compare(task_cfg, settings, sources, train_set, test_set, seeds=seeds, device=str(device),
-                      work_dir=args.work_dir, jobs=args.jobs, limit=args.limit)
+                      work_dir=args.work_dir, jobs=args.jobs, limit=args.limit, baseline=args.baseline)
     payload.update({"task": task.name, "dataset": cfg["dataset"]["name"]})
     title = (f"{task.name} on {cfg['dataset']['name']}: task network retrained per source "
              f"({settings.epochs} epochs, preset {section.get('preset', 'paper')}, seeds {' '.join(map(str, seeds))})")

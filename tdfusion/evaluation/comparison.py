@@ -9,8 +9,16 @@ Every source goes through the same path (the fairness the protocol rests on):
    write), then read back like any ``--fused`` folder of another method.
 2. For each seed, a fresh task network is trained on the folder's training split with
    the ``downstream:`` regime and scored on its test split.
-3. Per source: the mean and standard deviation of each metric over the seeds, and
-   which differences to the best source exceed the spread.
+3. Per source: the mean and standard deviation of each metric over its runs, and the
+   *paired* differences to a baseline source (:mod:`.statistics`).
+
+Several checkpoints (or fused folders) may carry one name: they are the fusion-training
+runs of one method (fusion seeds), pooled as one source whose runs are (fusion run x
+downstream seed). Every source is trained with the same downstream seeds, so a
+difference between two sources is measured run by run: the same seed (and the same
+fusion run index where both sources have several), then averaged. Differences of the size
+task-driven fusion claims (0.01-0.02 mIoU) are smaller than one source's spread over
+seeds and only show this way.
 """
 from __future__ import annotations
 
@@ -29,12 +37,14 @@ import yaml
 from ..data.base import PairDataset, luminance
 from ..data.targets import resize_image
 from ..errors import TDFusionError
+from ..hostinfo import environment
 from ..io import atomic_write, to_integer, write_image
 from .results import jsonable
+from .statistics import mark_spread, paired_differences, summarize
 from .sources import fused_image_lookup
 
-__all__ = ["ImageSource", "HEADLINE_METRICS", "compare", "materialize", "prepare_sources", "run_seeds",
-           "separated", "summarize"]
+__all__ = ["ImageSource", "HEADLINE_METRICS", "compare", "default_baseline", "materialize", "pool_runs",
+           "prepare_sources", "run_seeds"]
 
 #: The metrics summarised per source (the first one names the best source).
 HEADLINE_METRICS = {"mask": ("mIoU", "mAcc", "pixel_acc"), "boxes": ("mAP50", "mAP75", "mAP50_95")}
@@ -44,11 +54,31 @@ HEADLINE_METRICS = {"mask": ("mIoU", "mAcc", "pixel_acc"), "boxes": ("mAP50", "m
 class ImageSource:
     """A source to compare: ``kind`` is ``"input"`` (``where`` = ``"a"``/``"b"``),
     ``"checkpoint"`` (``where`` = a tdfusion or published checkpoint) or ``"folder"``
-    (``where`` = fused images of any method, ``<dir>/<split>/<stem>.*`` or ``<dir>/<stem>.*``)."""
+    (``where`` = fused images of any method, ``<dir>/<split>/<stem>.*`` or ``<dir>/<stem>.*``).
+    ``fusion_run``: which of the fusion-training runs that share ``name`` this is (0, 1, ...
+    in the order given)."""
 
     name: str
     kind: str
     where: str
+    fusion_run: int = 0
+
+    @property
+    def label(self) -> str:
+        """Unique among the sources of one comparison: the name, and the run where it repeats."""
+        return self.name if self.fusion_run == 0 else f"{self.name}#{self.fusion_run}"
+
+
+def with_fusion_runs(sources: Sequence[ImageSource]) -> list[ImageSource]:
+    """``sources`` with ``fusion_run`` numbered per name (0, 1, ... in the order given); the
+    first of each name keeps the plain name as its label."""
+    seen: dict[str, int] = {}
+    out = []
+    for s in sources:
+        k = seen.get(s.name, 0)
+        seen[s.name] = k + 1
+        out.append(ImageSource(s.name, s.kind, s.where, k))
+    return out
 
 
 # -- 1. source folders -------------------------------------------------------------------------------------------
@@ -119,16 +149,23 @@ def _fuse_path(split_dir: Path, stem: str) -> Path:
 
 def prepare_sources(sources: Sequence[ImageSource], train_set: PairDataset, test_set: PairDataset,
                     work_dir: str | os.PathLike, device="cpu", log=print) -> dict[str, Path]:
-    """Source folders of every source under ``work_dir/<name>``; ``{name: folder}``."""
-    names = [s.name for s in sources]
-    if len(set(names)) != len(names):
-        raise TDFusionError(f"source names must be distinct: {' '.join(names)}")
+    """Source folders of every source under ``work_dir/<label>``; ``{label: folder}``
+    (:attr:`ImageSource.label`: the name, with ``#k`` for a name's fusion run k > 0)."""
+    labels = [s.label for s in sources]
+    if len(set(labels)) != len(labels):
+        raise TDFusionError(f"source names must be distinct: {' '.join(labels)}")
+    inputs = {s.name for s in sources if s.kind == "input"}
+    pooled = sorted({s.name for s in sources if s.fusion_run > 0} & inputs)
+    if pooled:
+        raise TDFusionError(f"{', '.join(pooled)}: the name of an input image source, also given to a fused source")
     folders = {}
     for s in sources:
         start = time.perf_counter()
-        folders[s.name] = materialize(s, {"train": train_set, "test": test_set}, Path(work_dir) / _safe(s.name),
-                                      device)
-        log(f"prepared source {s.name} ({len(train_set)} train + {len(test_set)} test images, "
+        folder = Path(work_dir) / _safe(s.label)
+        if folder in folders.values():
+            raise TDFusionError(f"source {s.label!r}: its folder name {folder.name!r} is another source's")
+        folders[s.label] = materialize(s, {"train": train_set, "test": test_set}, folder, device)
+        log(f"prepared source {s.label} ({len(train_set)} train + {len(test_set)} test images, "
             f"{time.perf_counter() - start:.1f} s)")
     return folders
 
@@ -179,6 +216,14 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _threads_per_job(jobs: int) -> int:
+    """CPU threads of each training: this process's, shared among ``jobs`` trainings at once.
+    The float arithmetic, hence the numbers, depends on it (docs/results.md)."""
+    import torch
+
+    return max(1, torch.get_num_threads() // max(1, jobs))
+
+
 def run_seeds(task_cfg: dict, settings, folders: dict[str, Path], seeds: Sequence[int], *, device: str,
               jobs: int = 1, limit: int | None = None, log=print) -> dict[str, list[dict[str, Any]]]:
     """Train and score every source with every seed; ``{name: [run metrics, ...]}``.
@@ -194,7 +239,7 @@ def run_seeds(task_cfg: dict, settings, folders: dict[str, Path], seeds: Sequenc
         cfg["variant"] = settings.variant
     if settings.weights:
         cfg["weights"] = settings.weights
-    threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
+    threads = _threads_per_job(jobs) if jobs > 1 else None
     specs = [{"name": name, "folder": str(folder), "seed": int(seed), "task": cfg, "settings": asdict(settings),
               "device": str(device), "limit": limit, "threads": threads, "progress": jobs == 1,
               "parent": os.getpid() if jobs > 1 else None}
@@ -221,59 +266,39 @@ def run_seeds(task_cfg: dict, settings, folders: dict[str, Path], seeds: Sequenc
 
 
 # -- 3. summary --------------------------------------------------------------------------------------------------
-def summarize(runs: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
-    """``{"mean", "std", "runs", "per_class_mean"}`` of one source's runs (std: sample
-    standard deviation, 0 for a single run)."""
-    out: dict[str, Any] = {"mean": {}, "std": {}, "runs": list(runs)}
-    for m in metrics:
-        values = [r[m] for r in runs if isinstance(r.get(m), (int, float))]
-        if values:
-            out["mean"][m] = float(np.mean(values))
-            out["std"][m] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    per_class: dict[str, dict[str, float | None]] = {}
-    for r in runs:
-        for cls, vals in (r.get("per_class") or {}).items():
-            for k, v in (vals or {}).items():
-                per_class.setdefault(cls, {}).setdefault(k, [])  # type: ignore[arg-type]
-                if isinstance(v, (int, float)):
-                    per_class[cls][k].append(v)  # type: ignore[union-attr]
-    out["per_class_mean"] = {cls: {k: (float(np.mean(v)) if v else None) for k, v in vals.items()}  # type: ignore[arg-type]
-                             for cls, vals in per_class.items()}
-    return out
+def pool_runs(sources: Sequence[ImageSource], runs: dict[str, list[dict[str, Any]]]
+              ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[str]]]:
+    """Runs by source *name*: the runs of every fusion run of a name together, each tagged
+    with its ``"fusion_run"``, ordered by (fusion run, seed); and the ``where`` of each
+    fusion run of the names that are not input images (``{name: [checkpoint, ...]}``)."""
+    pooled: dict[str, list[dict[str, Any]]] = {}
+    fusion_runs: dict[str, list[str]] = {}
+    for s in sources:
+        pooled.setdefault(s.name, []).extend({**r, "fusion_run": s.fusion_run} for r in runs[s.label])
+        if s.kind != "input":
+            fusion_runs.setdefault(s.name, []).append(s.where)
+    for rs in pooled.values():
+        rs.sort(key=lambda r: (r["fusion_run"], r["seed"]))
+    return pooled, fusion_runs
 
 
-def separated(a_mean: float, a_std: float, b_mean: float, b_std: float) -> bool:
-    """Whether two mean ± std intervals do not overlap: the difference exceeds the spread."""
-    return abs(a_mean - b_mean) > a_std + b_std
-
-
-def mark_spread(summary: dict[str, dict[str, Any]], metrics: Sequence[str]) -> None:
-    """Add ``"vs_best"`` to each source: per metric ``"best"``, ``"within spread"`` or
-    ``"below best"`` (the intervals do not overlap). With a single run per source there
-    is no spread to compare with: only ``"best"`` and ``"no spread (one seed)"``."""
-    for m in metrics:
-        ranked = [(s["mean"][m], name) for name, s in summary.items() if m in s["mean"]]
-        if not ranked:
-            continue
-        best = max(ranked)[1]
-        b = summary[best]
-        for name, s in summary.items():
-            if m not in s["mean"]:
-                continue
-            if name == best:
-                mark = "best"
-            elif len(s["runs"]) < 2 or len(b["runs"]) < 2:
-                mark = "no spread (one seed)"
-            else:
-                mark = ("below best" if separated(s["mean"][m], s["std"][m], b["mean"][m], b["std"][m])
-                        else "within spread")
-            s.setdefault("vs_best", {})[m] = mark
+def default_baseline(sources: Sequence[ImageSource]) -> str | None:
+    """A source named ``fixed`` (the fixed-weight ablation) if there is one, else the first
+    checkpoint, else the first source."""
+    names = [s.name for s in sources]
+    if "fixed" in names:
+        return "fixed"
+    return next((s.name for s in sources if s.kind == "checkpoint"), names[0] if names else None)
 
 
 def compare(task_cfg: dict, settings, sources: Sequence[ImageSource], train_set: PairDataset, test_set: PairDataset,
             *, seeds: Sequence[int], device: str, work_dir: str | os.PathLike | None = None, jobs: int = 1,
-            limit: int | None = None, log=print) -> dict[str, Any]:
-    """The whole protocol; returns the JSON payload (``docs`` and README: its shape)."""
+            limit: int | None = None, baseline: str | None = None, log=print) -> dict[str, Any]:
+    """The whole protocol; returns the JSON payload (``docs`` and README: its shape).
+
+    ``sources`` may repeat a name (the fusion-training runs of one method): they are
+    pooled (:func:`pool_runs`). ``baseline`` (default :func:`default_baseline`) is the
+    source every other is paired with (:func:`paired_differences`)."""
     if not sources:
         raise TDFusionError("nothing to compare: give --checkpoint, --fused or keep the baselines")
     if not len(train_set) or not len(test_set):
@@ -281,14 +306,26 @@ def compare(task_cfg: dict, settings, sources: Sequence[ImageSource], train_set:
     metrics = HEADLINE_METRICS.get(train_set.target_kind)
     if metrics is None:
         raise TDFusionError(f"compare needs a dataset with masks or boxes, not {train_set.target_kind!r} targets")
+    sources = with_fusion_runs(sources)
+    baseline = baseline if baseline is not None else default_baseline(sources)
+    if baseline not in {s.name for s in sources}:
+        raise TDFusionError(f"--baseline {baseline!r} is not one of the sources: "
+                            f"{', '.join(dict.fromkeys(s.name for s in sources))}")
     with tempfile.TemporaryDirectory(prefix="tdfusion-compare-") as tmp:
         folders = prepare_sources(sources, train_set, test_set, work_dir or tmp, device, log)
         runs = run_seeds(task_cfg, settings, folders, seeds, device=device, jobs=jobs, limit=limit, log=log)
-    summary = {name: summarize(r, metrics) for name, r in runs.items()}
+    pooled, fusion_runs = pool_runs(sources, runs)
+    summary = {name: summarize(r, metrics) for name, r in pooled.items()}
+    for name, where in fusion_runs.items():
+        summary[name]["fusion_runs"] = where
     mark_spread(summary, metrics)
     first = next(iter(summary))
-    return {**summary[first]["mean"], "source": first, "protocol": "retrain-per-source", "seeds": list(seeds),
-            "metrics": list(metrics), "downstream": jsonable(asdict(settings)), "sources": summary}
+    payload = {**summary[first]["mean"], "source": first, "protocol": "retrain-per-source", "seeds": list(seeds),
+               "metrics": list(metrics), "downstream": jsonable(asdict(settings)), "sources": summary,
+               "environment": {**environment(), "jobs": jobs, "threads_per_job": _threads_per_job(jobs)}}
+    if len(summary) > 1:
+        payload["paired"] = paired_differences(summary, baseline, metrics)
+    return payload
 
 
 def write_payload(path: str | os.PathLike, payload: dict[str, Any]) -> None:

@@ -151,32 +151,50 @@ _PER_CLASS_KEY = ("IoU", "AP50")
 
 
 def print_summary_table(payload: dict[str, Any], title: str) -> None:
-    """``tdfusion compare``'s table: sources as rows, ``mean ± std`` over the seeds per
-    metric; the best mean in bold, ``<`` where the source's interval does not overlap the
-    best's. Then one narrow per-class table (classes as rows, sources as columns)."""
+    """``tdfusion compare``'s tables: sources as rows, ``mean ± std`` over each source's runs
+    per metric, the best mean in bold, ``>`` / ``<`` where the paired difference to the
+    baseline is clear; then the paired differences themselves (mean ± std of the run-by-run
+    differences, runs above / pairs); then one narrow per-class table (classes as rows,
+    sources as columns)."""
     from rich.console import Console
     from rich.table import Table
 
     metrics, sources = payload["metrics"], payload["sources"]
+    paired = payload.get("paired") or {}
+    diffs, baseline = paired.get("sources", {}), paired.get("baseline")
     table = Table(title=title)
-    table.add_column("source")
+    table.add_column("source", overflow="fold")
+    table.add_column("runs", justify="right", no_wrap=True)
     for m in metrics:
-        table.add_column(m, justify="right")
+        table.add_column(m, justify="right", no_wrap=True)
     for name, s in sources.items():
         cells = []
         for m in metrics:
             if m not in s["mean"]:
                 cells.append("-")
                 continue
-            text = f"{s['mean'][m]:.4f} ± {s['std'][m]:.4f}"
-            mark = s.get("vs_best", {}).get(m)
-            cells.append(f"[bold green]{text}[/]" if mark == "best" and len(sources) > 1
-                         else f"{text} <" if mark == "below best" else text)
-        table.add_row(name, *cells)
-    table.caption = (f"mean ± std over {len(payload['seeds'])} seed(s); < : interval below the best's "
-                     "(the difference exceeds the spread)")
+            text = f"{s['mean'][m]:.3f} ± {s['std'][m]:.3f}"
+            mark = (diffs.get(name) or {}).get("mark", {}).get(m, "")
+            text = f"{text} {mark}" if mark in (">", "<") else text
+            best = s.get("vs_best", {}).get(m) == "best" and len(sources) > 1
+            cells.append(f"[bold green]{text}[/]" if best else text)
+        fusion_runs = len(s.get("fusion_runs") or [])
+        runs = f"{fusion_runs}x{len(s['runs']) // fusion_runs}" if fusion_runs > 1 else str(len(s["runs"]))
+        table.add_row(name + (" (baseline)" if name == baseline else ""), runs, *cells)
+    table.caption = ("mean ± std over each source's runs (fusion runs x seeds)"
+                     + (f"; > / <: the paired difference to {baseline} is clear (95% interval)" if diffs else ""))
     console = Console()
     console.print(table)
+    if diffs:
+        pt = Table(title=f"paired differences to {baseline}: run by run (same seed, same fusion run)")
+        pt.add_column("source", overflow="fold")
+        for m in metrics:
+            pt.add_column(f"Δ {m}", justify="right", no_wrap=True)
+        for name, d in diffs.items():
+            pt.add_row(name, *[f"{d['mean'][m]:+.3f} ± {d['std'][m]:.3f} {d['positive'][m]}/{d['n']} "
+                               f"{d['mark'].get(m, '').strip('=')}".rstrip() if m in d["mean"] else "-" for m in metrics])
+        pt.caption = "mean ± std of the differences, runs above the baseline / pairs, > / <: 95% interval excludes 0"
+        console.print(pt)
     per = {name: s.get("per_class_mean") or {} for name, s in sources.items()}
     classes = list(dict.fromkeys(c for p in per.values() for c in p))
     if not classes:
@@ -194,13 +212,22 @@ def print_summary_table(payload: dict[str, Any], title: str) -> None:
 
 
 def write_summary_csv(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """One row per (source, seed) run plus one ``mean`` and one ``std`` row per source."""
+    """One row per (source, fusion run, seed) run, one ``mean`` and one ``std`` row per
+    source, and for each source but the baseline its paired differences (``paired mean``,
+    ``paired std``)."""
+    diffs = (payload.get("paired") or {}).get("sources", {})
     rows = []
     for name, s in payload["sources"].items():
         for run in s["runs"]:
             flat: dict[str, Any] = {}
             _flatten("", {k: v for k, v in run.items()}, flat)
-            rows.append({"source": name, "row": f"seed {run.get('seed')}", **flat})
+            label = f"seed {run.get('seed')}"
+            if len(s.get("fusion_runs") or []) > 1:
+                label = f"fusion run {run.get('fusion_run')} {label}"
+            rows.append({"source": name, "row": label, **flat})
         rows.append({"source": name, "row": "mean", **s["mean"]})
         rows.append({"source": name, "row": "std", **s["std"]})
+        if name in diffs:
+            rows.append({"source": name, "row": "paired mean", **diffs[name]["mean"]})
+            rows.append({"source": name, "row": "paired std", **diffs[name]["std"]})
     _write_rows(path, rows)
