@@ -247,9 +247,19 @@ def resolve(config: str | os.PathLike | None = None, *, dataset: str | None = No
     return cfg
 
 
+#: Keys renamed since a run config could be saved: old dotted key -> new one.
+RENAMED_KEYS = {"meta.g_update": "meta.lossgen_update"}
+
+
 def with_new_keys(saved: dict, schema: dict) -> dict:
-    """A run config saved by an earlier version, with the keys added since at their defaults
-    (their defaults keep the earlier behaviour)."""
+    """A run config saved by an earlier version, with renamed keys under their new names
+    (:data:`RENAMED_KEYS`) and the keys added since at their defaults (their defaults keep
+    the earlier behaviour)."""
+    saved = copy.deepcopy(saved)
+    for old, new in RENAMED_KEYS.items():
+        (section, name), (new_section, new_name) = old.split("."), new.split(".")
+        if isinstance(saved.get(section), dict) and name in saved[section]:
+            saved.setdefault(new_section, {})[new_name] = saved[section].pop(name)
     return merge(schema, saved)
 
 

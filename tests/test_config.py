@@ -42,7 +42,7 @@ def test_overrides_parse_yaml_values():
 
 @pytest.mark.parametrize("override, suggestion", [("train.epoch=3", "train.epochs"),
                                                   ("optim.lr_fusoin=1", "optim.lr_fusion"),
-                                                  ("meta.g_updte=adam", "meta.g_update")])
+                                                  ("meta.lossgen_updte=adam", "meta.lossgen_update")])
 def test_unknown_override_suggests_the_closest_key(override, suggestion):
     schema = load_config(None)
     with pytest.raises(TDFusionError, match=f"did you mean '{suggestion}'"):
@@ -71,3 +71,20 @@ def test_recipes_resolve_by_dataset_and_task():
     assert find_recipe("synthetic", "recon").name == "synthetic_recon.yaml"
     assert find_recipe("MIF", None).name == "refusion_mif.yaml"
     assert find_recipe("nonexistent", "seg") is None
+
+
+def test_a_saved_config_with_a_renamed_key_resumes_under_the_new_name():
+    """Run configs saved before meta.g_update became meta.lossgen_update keep their rule."""
+    from tdfusion.config import resolve, with_new_keys
+
+    schema = load_config(None)
+    old = load_config(None)
+    old["meta"]["g_update"] = old["meta"].pop("lossgen_update")
+    old["meta"]["g_update"] = "maxnorm_sgd"
+    del old["meta"]["objective"], old["loss"]["learned_gradient"]  # keys added since
+    cfg = with_new_keys(old, schema)
+    validate(cfg, schema)
+    assert cfg["meta"]["lossgen_update"] == "maxnorm_sgd" and "g_update" not in cfg["meta"]
+    assert cfg["meta"]["objective"] == "one_step" and cfg["loss"]["learned_gradient"] is False
+    assert resolve(saved=old)["meta"]["lossgen_update"] == "maxnorm_sgd"
+    assert "g_update" in old["meta"]  # the saved config itself is not changed

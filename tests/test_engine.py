@@ -161,3 +161,69 @@ def test_plain_adam_barely_moves_g_compared_with_the_chosen_rule():
     _, _, moved_ref = _run_meta("maxnorm_sgd", steps=3)
     assert moved_norm > 20 * moved_plain
     assert moved_ref > 0.0
+
+
+# -- meta.objective: target ----------------------------------------------------------------------------------------
+def _target_setup(pairs: int = 1):
+    from tdfusion.meta.target import meta_gradient_target, target_objective
+
+    f, g = tiny_nets(pairs=pairs)
+    task = create_task("test_copy")
+    t_net = task.build_network().double()
+    with torch.no_grad():  # T not the identity: the gradient has to pass through T's weights
+        t_net.weight.fill_(0.7)
+        t_net.bias.fill_(0.1)
+    return f, g, task, t_net, meta_gradient_target, target_objective
+
+
+@pytest.mark.parametrize("form", ["tdfusion", "refusion"])
+def test_target_objective_gradient_matches_finite_differences(form):
+    """d/dtheta_G of mean_pairs L_t(T(w_a A + w_b B)) on the meta-test batch, against central
+    differences of the objective itself (float64)."""
+    pairs = 2 if form == "refusion" else 1
+    f, g, task, t_net, meta_gradient_target, target_objective = _target_setup(pairs)
+    train_b, test_b = textured_batch(2, 12, 1), textured_batch(2, 12, 2)
+    settings = objectives.LossSettings(form=form)
+    grads, logs = meta_gradient_target(f, objectives.params_of(f), g, objectives.params_of(g), task, t_net,
+                                       objectives.params_of(t_net), train_b, test_b, 1e-4, 1e-4, settings)
+    g_params = {k: p.detach().clone() for k, p in g.named_parameters()}
+
+    def objective(params):
+        return float(target_objective(g, params, task, t_net, objectives.params_of(t_net), test_b))
+
+    assert logs["loss_t_outer"] == pytest.approx(objective(g_params), rel=1e-12)
+    gen = torch.Generator().manual_seed(0)
+    checked = 0
+    for name in ("embed_a.weight", "head.2.weight", "encoder_b.0.attn.temperature", "joint.0.ffn.proj.weight"):
+        flat = g_params[name].reshape(-1)
+        for idx in torch.randint(0, flat.numel(), (2,), generator=gen).tolist():
+            eps = 1e-6
+            values = []
+            for sign in (1, -1):
+                probe = {k: v.clone() for k, v in g_params.items()}
+                probe[name].view(-1)[idx] += sign * eps
+                values.append(objective(probe))
+            fd = (values[0] - values[1]) / (2 * eps)
+            assert float(grads[name].reshape(-1)[idx]) == pytest.approx(fd, rel=1e-5, abs=1e-11), (name, idx)
+            checked += abs(fd) > 1e-8
+    assert checked >= 4  # the comparison was not between zeros
+
+
+def test_target_objective_teaches_g_the_source_the_task_needs():
+    """The copy task wants A on the left half and B on the right: trained by the target
+    objective, G's weight for A must end up high on the left and low on the right."""
+    f, g, task, t_net, meta_gradient_target, _ = _target_setup()
+    f, g, t_net = f.float(), g.float(), t_net.float()
+    opt = make_optimizer(g.parameters(), 3e-3, "normalized_adam")
+    settings = objectives.LossSettings()
+    for step in range(30):
+        train_b = textured_batch(2, 16, 100 + 2 * step, torch.float32)
+        test_b = textured_batch(2, 16, 101 + 2 * step, torch.float32)
+        grads, _ = meta_gradient_target(f, objectives.params_of(f), g, objectives.params_of(g), task, t_net,
+                                        objectives.params_of(t_net), train_b, test_b, 1e-4, 1e-4, settings)
+        apply_meta_gradient(opt, dict(g.named_parameters()), grads, "normalized_adam")
+    probe = textured_batch(4, 16, 999, torch.float32)
+    with torch.no_grad():
+        w_a = g(probe["a"], probe["b"])[:, 0]
+    left, right = w_a[..., :8].mean().item(), w_a[..., 8:].mean().item()
+    assert left > 0.8 and right < 0.2, (left, right)

@@ -25,7 +25,7 @@ def resolved(*argv: str) -> dict:
 def test_official_preset_holds_the_released_codes_values():
     cfg = resolved("--config", "configs/tdfusion_msrs_seg.yaml", "--preset", "official")
     assert cfg["loss"]["intensity"] == "reference"          # mse(w (A - F), 0)
-    assert cfg["meta"]["g_update"] == "maxnorm_sgd"         # gradient / max |gradient|, plain step
+    assert cfg["meta"]["lossgen_update"] == "maxnorm_sgd"         # gradient / max |gradient|, plain step
     assert cfg["meta"]["task_inner_step"] == "adam"         # one step of T's own Adam
     assert cfg["data"]["hflip"] is False and cfg["data"]["crop_size"] == 256
     assert cfg["data"]["batch_size"] == 1 and cfg["data"]["swap_sources"] is True
@@ -42,7 +42,7 @@ def test_official_preset_holds_the_released_codes_values():
 
 def test_defaults_differ_from_the_preset_where_docs_say_so():
     cfg = resolved("--config", "configs/tdfusion_msrs_seg.yaml")
-    assert cfg["loss"]["intensity"] == "paper" and cfg["meta"]["g_update"] == "normalized_adam"
+    assert cfg["loss"]["intensity"] == "paper" and cfg["meta"]["lossgen_update"] == "normalized_adam"
     assert cfg["meta"]["task_inner_step"] == "sgd" and cfg["data"]["hflip"] is True
 
 

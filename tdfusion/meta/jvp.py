@@ -37,7 +37,6 @@ from torch.func import functional_call, jvp
 
 from .objectives import (LossSettings, Params, TaskStep, loss_weights, meta_logs, task_inner_update,
                      task_objective, trainable)
-from .losses import fusion_loss
 
 with warnings.catch_warnings():
     # torch builds its forward-mode decompositions with torch.jit.script when the module is
@@ -76,7 +75,7 @@ def meta_gradient_jvp(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor
     weights = loss_weights(lossgen, g_params, a, b, settings, grad=bool(g_names))
     leaves = {n: frozen_f[n].clone().requires_grad_(True) for n in f_names}
     fused = functional_call(fusion_net, {**frozen_f, **leaves}, (a, b))
-    inner = fusion_loss(settings.form, fused, a, b, weights.detach(), settings.alpha, settings.intensity)
+    inner = settings.loss(fused, a, b, weights.detach())
     g = list(torch.autograd.grad(inner["loss"], [leaves[n] for n in f_names]))
     if reduce_grads is not None:
         g = reduce_grads(g)
@@ -115,7 +114,7 @@ def meta_gradient_jvp(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor
     # 5. d/dtheta_G of -eta <dL_f/dF (F, w(theta_G)), Fdot>.
     if weights.requires_grad and g_names:
         fused = fused.detach().requires_grad_(True)
-        loss = fusion_loss(settings.form, fused, a, b, weights, settings.alpha, settings.intensity)["loss"]
+        loss = settings.loss(fused, a, b, weights)["loss"]
         (dloss_dfused,) = torch.autograd.grad(loss, fused, create_graph=True)
         directional = (dloss_dfused * fused_dot.detach()).sum()
         grads = torch.autograd.grad(-inner_lr * directional, [g_params[n] for n in g_names], allow_unused=True)

@@ -16,6 +16,16 @@ Notation: ``F`` fused, ``A``/``B`` sources, all ``(B, 1, H, W)``; Sobel derivati
       L_f = mean(w_a (F - A)^2 + w_b (F - B)^2)
             + alpha * sum_{d in x,y} mean(v_a |g_d(F) - g_d(A)| + v_b |g_d(F) - g_d(B)|)
 
+* TDFusion with a learned gradient target (``learned_gradient=True``; an extension of
+  tdfusion's, not in either paper: docs/fidelity.md)::
+
+      L_f = mean(w_a (F - A)^2 + w_b (F - B)^2)
+            + alpha * sum_{d in x,y} mean|g_d(F) - g_d(w_a A + w_b B)|
+
+  The gradient term's target is the gradient of G's own blend instead of the
+  larger-magnitude source gradient, so both terms are minimised by one image,
+  ``F = w_a A + w_b B``: G's weights decide the whole loss, not only its smaller term.
+
 ``intensity="reference"`` reproduces the released code, which weights the *residual*
 (``mse(w * (A - F), 0)``) and so squares the weights; the papers' equation (default,
 ``"paper"``) does not.
@@ -26,7 +36,7 @@ import torch
 
 from ..ops import sobel
 
-__all__ = ["FUSION_LOSSES", "fusion_loss", "intensity_loss", "max_gradient_loss",
+__all__ = ["FUSION_LOSSES", "blend_gradient_loss", "fusion_loss", "intensity_loss", "max_gradient_loss",
            "refusion_loss", "tdfusion_loss", "weighted_gradient_loss"]
 
 
@@ -59,6 +69,19 @@ def max_gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
     return total
 
 
+def blend_gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                        wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """L1 distance of F's Sobel derivatives to those of the blend ``wa * a + wb * b``.
+
+    ``(B, 1, H, W) x5 -> scalar``; x and y terms averaged separately and summed.
+    Differentiable in the weights (G is credited through both terms in the meta step).
+    """
+    total = fused.new_zeros(())
+    for gf, gt in zip(sobel(fused), sobel(wa * a + wb * b)):
+        total = total + (gf - gt).abs().mean()
+    return total
+
+
 def weighted_gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                            va: torch.Tensor, vb: torch.Tensor) -> torch.Tensor:
     """ReFusion's gradient term: per-pixel weighted L1 to each source's derivatives.
@@ -72,22 +95,28 @@ def weighted_gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor
 
 
 def tdfusion_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor,
-                  alpha: float = 1.0, intensity: str = "paper") -> dict[str, torch.Tensor]:
-    """TDFusion learnable loss. ``weights``: ``(B, 2, H, W)`` = ``[w_a, w_b]``.
+                  alpha: float = 1.0, intensity: str = "paper", learned_gradient: bool = False) -> dict[str, torch.Tensor]:
+    """TDFusion learnable loss. ``weights``: ``(B, 2, H, W)`` = ``[w_a, w_b]``;
+    ``learned_gradient``: the gradient term's target is the gradient of G's blend.
 
     Returns ``{"loss", "int", "grad"}`` (scalars).
     """
-    l_int = intensity_loss(fused, a, b, weights[:, 0:1], weights[:, 1:2], intensity)
-    l_grad = max_gradient_loss(fused, a, b)
+    wa, wb = weights[:, 0:1], weights[:, 1:2]
+    l_int = intensity_loss(fused, a, b, wa, wb, intensity)
+    l_grad = blend_gradient_loss(fused, a, b, wa, wb) if learned_gradient else max_gradient_loss(fused, a, b)
     return {"loss": l_int + alpha * l_grad, "int": l_int, "grad": l_grad}
 
 
 def refusion_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor,
-                  alpha: float = 1.0, intensity: str = "paper") -> dict[str, torch.Tensor]:
+                  alpha: float = 1.0, intensity: str = "paper", learned_gradient: bool = False) -> dict[str, torch.Tensor]:
     """ReFusion learnable loss. ``weights``: ``(B, 4, H, W)`` = ``[w_a, w_b, v_a, v_b]``.
+    Its gradient term is G's already (``v``): ``learned_gradient=True`` is refused.
 
     Returns ``{"loss", "int", "grad"}`` (scalars).
     """
+    if learned_gradient:
+        raise ValueError("learned_gradient is a variant of the tdfusion form; ReFusion's gradient term is "
+                         "weighed by G already")
     l_int = intensity_loss(fused, a, b, weights[:, 0:1], weights[:, 1:2], intensity)
     l_grad = weighted_gradient_loss(fused, a, b, weights[:, 2:3], weights[:, 3:4])
     return {"loss": l_int + alpha * l_grad, "int": l_int, "grad": l_grad}
@@ -98,10 +127,11 @@ FUSION_LOSSES = {"tdfusion": (tdfusion_loss, 1), "refusion": (refusion_loss, 2)}
 
 
 def fusion_loss(form: str, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                weights: torch.Tensor, alpha: float = 1.0, intensity: str = "paper") -> dict[str, torch.Tensor]:
+                weights: torch.Tensor, alpha: float = 1.0, intensity: str = "paper",
+                learned_gradient: bool = False) -> dict[str, torch.Tensor]:
     """Dispatch to :func:`tdfusion_loss` or :func:`refusion_loss` by ``form``."""
     try:
         fn, _ = FUSION_LOSSES[form]
     except KeyError:
         raise ValueError(f"unknown fusion loss form {form!r}; known: {', '.join(FUSION_LOSSES)}") from None
-    return fn(fused, a, b, weights, alpha, intensity)
+    return fn(fused, a, b, weights, alpha, intensity, learned_gradient)

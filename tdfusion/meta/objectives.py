@@ -87,12 +87,19 @@ def adam_task_step(optimizer: torch.optim.Adam) -> TaskStep:
 @dataclass(frozen=True)
 class LossSettings:
     """How L_f is formed: ``form`` ("tdfusion" | "refusion"), ``alpha``, ``intensity``
-    ("paper" | "reference") and ``fixed`` (ablation: w = v = 1/2, G unused)."""
+    ("paper" | "reference"), ``fixed`` (ablation: w = v = 1/2, G unused) and
+    ``learned_gradient`` (tdfusion form: the gradient term's target is G's blend,
+    :func:`~tdfusion.meta.losses.blend_gradient_loss`)."""
 
     form: str = "tdfusion"
     alpha: float = 1.0
     intensity: str = "paper"
     fixed: bool = False
+    learned_gradient: bool = False
+
+    def loss(self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L_f of ``fused`` under ``weights`` in this form: ``{"loss", "int", "grad"}``."""
+        return fusion_loss(self.form, fused, a, b, weights, self.alpha, self.intensity, self.learned_gradient)
 
 
 def params_of(net: nn.Module) -> Params:
@@ -139,7 +146,7 @@ def fusion_objective(fusion_net: nn.Module, f_params: Mapping[str, torch.Tensor]
     """
     fused = functional_call(fusion_net, dict(f_params), (a, b))
     weights = loss_weights(lossgen, g_params, a, b, settings, grad=not detach_weights)
-    out = fusion_loss(settings.form, fused, a, b, weights, settings.alpha, settings.intensity)
+    out = settings.loss(fused, a, b, weights)
     return {**out, "fused": fused, "weights": weights}
 
 

@@ -5,7 +5,7 @@ the inner step ``theta_F' = theta_F - eta * grad``, so it carries a factor ``eta
 (~1e-4) and is tiny, around 1e-8..1e-6 per parameter. Adam's default ``eps = 1e-8``
 then dominates the denominator and G barely moves.
 
-Rules (``meta.g_update``):
+Rules (``meta.lossgen_update``):
 * ``normalized_adam`` (default): divide the whole gradient by its global L2 norm, then
   Adam. Adam's per-parameter scaling does the rest; the normalisation only lifts the
   gradient far above ``eps``, so the step no longer depends on ``eta``.

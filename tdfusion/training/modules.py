@@ -15,7 +15,22 @@ from ..meta.losses import FUSION_LOSSES
 from ..nets import create_model
 from ..tasks import build_task
 
-__all__ = ["Modules", "build_modules", "build_splits"]
+__all__ = ["META_OBJECTIVES", "Modules", "build_modules", "build_splits", "meta_gradient_function"]
+
+#: ``meta.objective`` -> what G learns from (``meta.gradient`` picks how one_step is computed).
+META_OBJECTIVES = ("one_step", "target")
+
+
+def meta_gradient_function(meta_cfg: dict):
+    """The meta-gradient of G the ``meta:`` section asks for: Eq. 11's one-step objective in
+    first-order (``jvp``) or second-order form, or the target-space objective; all take the
+    same arguments (:func:`tdfusion.meta.jvp.meta_gradient_jvp`)."""
+    from ..meta.jvp import meta_gradient_jvp
+    from ..meta.target import meta_gradient_target
+
+    if meta_cfg["objective"] == "target":
+        return meta_gradient_target
+    return meta_gradient_jvp if meta_cfg["gradient"] == "jvp" else objectives.meta_gradient_second_order
 
 
 @dataclass
@@ -40,7 +55,8 @@ def build_modules(cfg: dict, dataset: PairDataset | None, device: torch.device |
     lc = cfg["loss"]
     if lc["form"] not in FUSION_LOSSES:
         raise TDFusionError(f"loss.form {lc['form']!r}: expected one of {', '.join(FUSION_LOSSES)}")
-    settings = objectives.LossSettings(lc["form"], float(lc["alpha"]), lc["intensity"], bool(lc["fixed_weights"]))
+    settings = objectives.LossSettings(lc["form"], float(lc["alpha"]), lc["intensity"], bool(lc["fixed_weights"]),
+                                       bool(lc["learned_gradient"]))
     fusion = _build_net(cfg["fusion"], device)
     lossgen = _build_net({**cfg["lossgen"], "pairs": FUSION_LOSSES[lc["form"]][1]}, device)
     try:

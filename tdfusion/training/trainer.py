@@ -40,7 +40,6 @@ from ..evaluation.loop import eval_mode
 from ..evaluation.results import jsonable
 from ..io import atomic_write, link_or_copy
 from ..meta import objectives
-from ..meta.jvp import meta_gradient_jvp
 from ..meta.updates import apply_meta_gradient, make_optimizer, make_scheduler
 from ..precision import autocast, check_precision, grad_scaler
 from ..progress import progress_bar
@@ -50,7 +49,7 @@ from .batches import PHASES, Position, TrainViews, batches, loader, phase_keys, 
 from .callbacks import Callback, default_callbacks
 from .checks import check_finite, check_values
 from .health import HealthStats, health_warnings
-from .modules import build_modules, build_splits
+from .modules import build_modules, build_splits, meta_gradient_function
 from .resume import note_world_change, read_resumable
 from .runlog import RunLoggers
 from .validator import BestFitness, Validator
@@ -89,7 +88,7 @@ class MetaTrainer:
         oc = cfg["optim"]
         self.opt_f = make_optimizer(self.fusion.parameters(), oc["lr_fusion"])
         self.opt_t = make_optimizer(self.task_net.parameters(), oc["lr_task"])
-        self.opt_g = make_optimizer(self.lossgen.parameters(), oc["lr_lossgen"], cfg["meta"]["g_update"])
+        self.opt_g = make_optimizer(self.lossgen.parameters(), oc["lr_lossgen"], cfg["meta"]["lossgen_update"])
         epochs = tc["epochs"]
         self.schedulers = [make_scheduler(o, oc["schedule"], epochs, oc["step_size"], oc["gamma"])
                            for o in (self.opt_f, self.opt_t, self.opt_g)]
@@ -136,12 +135,11 @@ class MetaTrainer:
         else:
             task_lr = mc["task_inner_lr"] if mc["task_inner_lr"] is not None else self.opt_t.param_groups[0]["lr"]
         g_params = objectives.params_of(self.lossgen)
-        meta_gradient = meta_gradient_jvp if mc["gradient"] == "jvp" else objectives.meta_gradient_second_order
-        grads, logs = meta_gradient(
+        grads, logs = meta_gradient_function(mc)(
             self.fusion, objectives.params_of(self.fusion), self.lossgen, g_params, self.task, self.task_net,
             objectives.params_of(self.task_net), train_batch, test_batch, inner_lr, task_lr, self.settings,
             reduce_grads=distributed.mean_tensors if self.world > 1 else None)
-        logs["meta_grad_scale"] = apply_meta_gradient(self.opt_g, g_params, grads, mc["g_update"])
+        logs["meta_grad_scale"] = apply_meta_gradient(self.opt_g, g_params, grads, mc["lossgen_update"])
         return logs
 
     def fusion_step(self, batch: dict) -> dict[str, float]:
