@@ -360,3 +360,38 @@ def test_dataset_descriptors_match_the_code():
         assert desc["name"] == name and name in available_datasets() and desc["target_kind"] == "boxes"
         assert desc["classes"] == list(classes)
         assert desc["task_size"] == sizes[name]
+
+
+def test_cli_yolo2mask_paints_boxes_at_each_images_size(tmp_path, capsys):
+    """Class masks from YOLO boxes: 0 outside, class + 1 inside (pixel centres inside the box);
+    an image without a label file gets an all-background mask."""
+    from tdfusion.data.seg import read_label
+
+    images, labels, out = tmp_path / "ir", tmp_path / "labels", tmp_path / "masks"
+    for stem, (h, w) in (("a", (20, 40)), ("b", (10, 10))):
+        images.mkdir(exist_ok=True)
+        cv2.imwrite(str(images / f"{stem}.png"), np.zeros((h, w), np.uint8))
+    labels.mkdir()
+    # class 2, x 10..30 of 40 (cx 0.5 w 0.5), y 5..15 of 20 (cy 0.5 h 0.5)
+    (labels / "a.txt").write_text("2 0.5 0.5 0.5 0.5\n")
+    assert main(["convert", "yolo2mask", "--labels", str(labels), "--images", str(images), "--out", str(out),
+                 "--preset", "msrs_det"]) == 0
+    a, b = read_label(out / "a.png"), read_label(out / "b.png")
+    expected = np.zeros((20, 40), np.int64)
+    expected[5:15, 10:30] = 3
+    assert np.array_equal(a, expected) and b.shape == (10, 10) and not b.any()
+    assert "2 masks written" in capsys.readouterr().out
+
+
+def test_cli_yolo2mask_bad_label_writes_nothing(tmp_path, capsys):
+    images, labels, out = tmp_path / "ir", tmp_path / "labels", tmp_path / "masks"
+    images.mkdir()
+    labels.mkdir()
+    for stem in ("a", "b"):
+        cv2.imwrite(str(images / f"{stem}.png"), np.zeros((8, 8), np.uint8))
+    (labels / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (labels / "b.txt").write_text("7 0.5 0.5 0.5 0.5\n")  # msrs_det has 3 classes
+    assert main(["convert", "yolo2mask", "--labels", str(labels), "--images", str(images), "--out", str(out),
+                 "--preset", "msrs_det"]) == 2
+    err = capsys.readouterr().err
+    assert "b.txt" in err and not out.exists()

@@ -51,7 +51,7 @@ class ReFusion(nn.Module):
 def test_every_computing_command_takes_threads():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert COMPUTING == {"fuse", "synth", "train", "eval", "compare", "metrics", "report", "bench", "export"}
+    assert COMPUTING == {"fuse", "synth", "train", "eval", "compare", "metrics", "report", "bench", "export", "inspect"}
     for name, p in sub.choices.items():
         options = {o for a in p._actions for o in a.option_strings}
         assert ("--threads" in options) == (name in COMPUTING), name

@@ -11,6 +11,7 @@ SUMMARY = {
     "train": 'train a fusion network with a task-driven learnable loss',
     "eval": "diagnostic: a checkpoint's own task network on its fused images and baselines",
     "compare": "compare fusion methods on a task: the task network retrained per source, over seeds",
+    "inspect": "what a trained run's loss generator G and fusion network F do (per class, saturation, ranges)",
     "metrics": 'fusion quality metrics (EN SD SF AG MI SCD VIF Qabf SSIM) of one or more methods',
     "report": "visual HTML report: sources, each method's result, metrics",
     "data": 'list datasets, check a dataset folder',

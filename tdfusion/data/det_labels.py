@@ -29,8 +29,8 @@ from ..errors import TDFusionError
 from ..io import atomic_write, image_size, list_images
 
 __all__ = [
-    "DEFAULT_TOLERANCE", "format_yolo_labels", "parse_voc_xml", "parse_yolo_labels", "read_class_names",
-    "read_split_list", "voc_to_yolo",
+    "DEFAULT_TOLERANCE", "format_yolo_labels", "paint_boxes", "parse_voc_xml", "parse_yolo_labels",
+    "read_class_names", "read_split_list", "voc_to_yolo", "yolo_to_masks",
 ]
 
 #: How far (fraction of the image size) a box may reach past the border before it is an
@@ -277,3 +277,51 @@ def voc_to_yolo(annotations: str | os.PathLike, out: str | os.PathLike, classes:
             fh.write(format_yolo_labels(boxes))
         np.add.at(counts, boxes[:, 0].astype(np.int64), 1)
     return {"files": len(converted), "boxes": int(counts.sum()), "per_class": dict(zip(classes, counts.tolist()))}
+
+
+def paint_boxes(boxes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """YOLO boxes as a class map: ``(N, 5)`` rows ``(class, cx, cy, w, h)`` normalised to
+    [0, 1] -> ``(H, W)`` int64 with ``class + 1`` inside a box and 0 outside every box.
+
+    Larger boxes are painted first, so where boxes overlap the smaller (nearer, usually
+    the object itself) wins. A box covers the pixels whose centres lie inside it.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    out = np.zeros((h, w), np.int64)
+    rows = np.asarray(boxes, np.float64).reshape(-1, 5)
+    for cls, cx, cy, bw, bh in sorted(rows.tolist(), key=lambda r: -r[3] * r[4]):
+        x0, x1 = (cx - bw / 2) * w, (cx + bw / 2) * w
+        y0, y1 = (cy - bh / 2) * h, (cy + bh / 2) * h
+        xs = slice(max(0, math.ceil(x0 - 0.5)), min(w, math.ceil(x1 - 0.5)))
+        ys = slice(max(0, math.ceil(y0 - 0.5)), min(h, math.ceil(y1 - 0.5)))
+        out[ys, xs] = int(cls) + 1
+    return out
+
+
+def yolo_to_masks(labels: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
+                  num_classes: int) -> dict:
+    """Class masks from YOLO boxes: ``<out>/<stem>.png`` (8-bit, :func:`paint_boxes`: 0
+    outside every box, ``class + 1`` inside) for every image of ``images`` (whose size the
+    mask takes; an image without a label file gets an all-0 mask).
+
+    A segmentation stand-in where only boxes exist (the MSRS detection pairs): the masks
+    mark the objects' rectangles, not their outlines. Every label file is parsed before
+    anything is written. Returns ``{"files", "pixels": [per value]}``.
+    """
+    from ..io import write_image
+
+    found = list_images(images)
+    if not found:
+        raise TDFusionError(f"{images}: no images")
+    if num_classes > 254:
+        raise TDFusionError(f"{num_classes} classes do not fit an 8-bit mask with a background value")
+    masks = {}
+    for stem, path in sorted(found.items()):
+        txt = Path(labels) / f"{stem}.txt"
+        rows = parse_yolo_labels(txt, num_classes) if txt.is_file() else np.zeros((0, 5), np.float32)
+        masks[stem] = paint_boxes(rows, image_size(path))
+    pixels = np.zeros(num_classes + 1, np.int64)
+    for stem, mask in masks.items():
+        write_image(Path(out) / f"{stem}.png", mask.astype(np.uint8), durable=False)
+        pixels += np.bincount(mask.ravel(), minlength=num_classes + 1)[:num_classes + 1]
+    return {"files": len(masks), "pixels": pixels.tolist()}
