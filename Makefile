@@ -1,7 +1,7 @@
 # Entry points, each sets itself up on a fresh machine:
 #   make demo       the toolkit's main job on data it makes itself
 #   make test       the test suite
-#   make efficacy   the efficacy table (EFFICACY=quick: about 20 min on 2 CPU cores; EFFICACY=full: hours)
+#   make efficacy   the efficacy tables (EFFICACY=quick: the synthetic tables; EFFICACY=full: hours; docs/results.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -16,10 +16,11 @@ EFFICACY ?= quick
 
 .PHONY: install demo test efficacy clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the packages that move trained numbers (the committed tables' versions).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
