@@ -81,10 +81,10 @@ def test_a_saved_config_with_a_renamed_key_resumes_under_the_new_name():
     old = load_config(None)
     old["meta"]["g_update"] = old["meta"].pop("lossgen_update")
     old["meta"]["g_update"] = "maxnorm_sgd"
-    del old["meta"]["objective"], old["loss"]["learned_gradient"]  # keys added since
+    del old["meta"]["objective"], old["loss"]["gradient_target"]  # keys added since
     cfg = with_new_keys(old, schema)
     validate(cfg, schema)
     assert cfg["meta"]["lossgen_update"] == "maxnorm_sgd" and "g_update" not in cfg["meta"]
-    assert cfg["meta"]["objective"] == "one_step" and cfg["loss"]["learned_gradient"] is False
+    assert cfg["meta"]["objective"] == "one_step" and cfg["loss"]["gradient_target"] == "max"
     assert resolve(saved=old)["meta"]["lossgen_update"] == "maxnorm_sgd"
     assert "g_update" in old["meta"]  # the saved config itself is not changed

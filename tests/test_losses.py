@@ -100,22 +100,41 @@ def test_loss_gradients_match_finite_differences(images):
     assert torch.autograd.gradcheck(lambda x: tdfusion_loss(x, t(a), t(b), t(w))["int"], (fused,))
 
 
-def test_learned_gradient_targets_the_gradient_of_gs_blend(images):
-    """loss.learned_gradient: |sobel(F) - sobel(w_a A + w_b B)|, against SciPy; both terms are
-    then minimised by the blend itself, so G's weights decide the whole loss."""
+def test_blend_gradient_target_is_the_gradient_of_gs_blend(images):
+    """loss.gradient_target blend: |sobel(F) - sobel(w_a A + w_b B)|, against SciPy; both terms
+    are then minimised by the blend itself, so G's weights decide the whole loss."""
     f, a, b, w, _ = images
     blend = w[:, :1] * a + w[:, 1:] * b
     grad = sum(np.abs(np.stack([np_sobel(x[0])[d] for x in f]) - np.stack([np_sobel(x[0])[d] for x in blend])).mean()
                for d in range(2))
     inten = (w[:, :1] * (f - a) ** 2 + w[:, 1:] * (f - b) ** 2).mean()
-    out = tdfusion_loss(t(f), t(a), t(b), t(w), alpha=0.5, learned_gradient=True)
+    out = tdfusion_loss(t(f), t(a), t(b), t(w), alpha=0.5, gradient_target="blend")
     assert float(out["grad"]) == pytest.approx(grad, rel=1e-12)
     assert float(out["loss"]) == pytest.approx(inten + 0.5 * grad, rel=1e-12)
     assert float(out["grad"]) != pytest.approx(np_max_gradient_loss(f, a, b), rel=1e-3)  # not the paper's term
-    at_blend = float(fusion_loss("tdfusion", t(blend), t(a), t(b), t(w), learned_gradient=True)["loss"])
+    at_blend = float(fusion_loss("tdfusion", t(blend), t(a), t(b), t(w), gradient_target="blend")["loss"])
     rng = np.random.default_rng(0)
     for _ in range(5):  # the blend is the minimum: any change of it costs
         other = blend + 0.05 * rng.standard_normal(blend.shape)
-        assert float(fusion_loss("tdfusion", t(other), t(a), t(b), t(w), learned_gradient=True)["loss"]) > at_blend
+        assert float(fusion_loss("tdfusion", t(other), t(a), t(b), t(w), gradient_target="blend")["loss"]) > at_blend
     with pytest.raises(ValueError, match="ReFusion"):
-        refusion_loss(t(f), t(a), t(b), t(np.concatenate([w, w], 1)), learned_gradient=True)
+        refusion_loss(t(f), t(a), t(b), t(np.concatenate([w, w], 1)), gradient_target="blend")
+
+
+def test_weighted_max_gradient_target_against_numpy(images):
+    """loss.gradient_target weighted_max: the source derivative whose weighted magnitude is
+    larger; with equal weights it is the paper's max-abs term."""
+    f, a, b, w, _ = images
+    total = 0.0
+    for d in range(2):
+        gf, ga, gb = (np.stack([np_sobel(x[0])[d] for x in arr])[:, None] for arr in (f, a, b))
+        target = np.where(w[:, :1] * np.abs(ga) >= w[:, 1:] * np.abs(gb), ga, gb)
+        total += np.abs(gf - target).mean()
+    out = tdfusion_loss(t(f), t(a), t(b), t(w), gradient_target="weighted_max")
+    assert float(out["grad"]) == pytest.approx(total, rel=1e-12)
+    assert float(out["grad"]) != pytest.approx(np_max_gradient_loss(f, a, b), rel=1e-3)
+    even = np.full_like(w, 0.5)
+    assert float(tdfusion_loss(t(f), t(a), t(b), t(even), gradient_target="weighted_max")["grad"]) == pytest.approx(
+        np_max_gradient_loss(f, a, b), rel=1e-12)
+    with pytest.raises(ValueError, match="gradient_target"):
+        tdfusion_loss(t(f), t(a), t(b), t(w), gradient_target="median")

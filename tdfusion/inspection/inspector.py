@@ -211,7 +211,7 @@ def _settings(cfg: dict) -> dict[str, Any]:
     loss, meta, optim = cfg.get("loss", {}), cfg.get("meta", {}), cfg.get("optim", {})
     return {"task": cfg.get("task", {}).get("name"), "dataset": cfg.get("dataset", {}).get("name"),
             "loss_form": loss.get("form"), "alpha": loss.get("alpha"), "fixed_weights": loss.get("fixed_weights"),
-            "learned_gradient": loss.get("learned_gradient", False), "objective": meta.get("objective", "one_step"),
+            "gradient_target": loss.get("gradient_target", "max"), "objective": meta.get("objective", "one_step"),
             "lossgen_update": meta.get("lossgen_update", meta.get("g_update")), "lr_lossgen": optim.get("lr_lossgen"),
             "meta_steps": cfg.get("train", {}).get("meta_steps"), "epochs": cfg.get("train", {}).get("epochs")}
 
@@ -228,7 +228,7 @@ def iter_rows(report: dict[str, Any]) -> Iterator[tuple[str, str]]:
     s = report["settings"]
     if s:
         yield "run", (f"task {s['task']}, {s['loss_form']} loss (alpha {s['alpha']}"
-                      f"{', learned gradient' if s['learned_gradient'] else ''}), "
+                      f"{'' if s['gradient_target'] == 'max' else ', gradient target ' + s['gradient_target']}), "
                       + ("fixed weights" if s["fixed_weights"] else
                          f"objective {s['objective']}, {s['lossgen_update']} at {s['lr_lossgen']:g}"))
     f = report["fusion_raw"]

@@ -16,15 +16,15 @@ Notation: ``F`` fused, ``A``/``B`` sources, all ``(B, 1, H, W)``; Sobel derivati
       L_f = mean(w_a (F - A)^2 + w_b (F - B)^2)
             + alpha * sum_{d in x,y} mean(v_a |g_d(F) - g_d(A)| + v_b |g_d(F) - g_d(B)|)
 
-* TDFusion with a learned gradient target (``learned_gradient=True``; an extension of
-  tdfusion's, not in either paper: docs/fidelity.md)::
+* TDFusion with G's weights in the gradient term too (``gradient_target``; extensions of
+  tdfusion's, not in either paper: docs/fidelity.md). The target of ``g_d(F)`` is
 
-      L_f = mean(w_a (F - A)^2 + w_b (F - B)^2)
-            + alpha * sum_{d in x,y} mean|g_d(F) - g_d(w_a A + w_b B)|
-
-  The gradient term's target is the gradient of G's own blend instead of the
-  larger-magnitude source gradient, so both terms are minimised by one image,
-  ``F = w_a A + w_b B``: G's weights decide the whole loss, not only its smaller term.
+  - ``"max"`` (the paper): the source derivative of larger magnitude;
+  - ``"blend"``: the derivative of G's blend, ``g_d(w_a A + w_b B)``: both terms are then
+    minimised by one image, ``F = w_a A + w_b B``;
+  - ``"weighted_max"``: the source derivative of larger *weighted* magnitude,
+    ``w_a |g_d(A)|`` against ``w_b |g_d(B)|``: the paper's target where G is undecided
+    (w = 1/2), the source G prefers where it leans.
 
 ``intensity="reference"`` reproduces the released code, which weights the *residual*
 (``mse(w * (A - F), 0)``) and so squares the weights; the papers' equation (default,
@@ -36,8 +36,11 @@ import torch
 
 from ..ops import sobel
 
-__all__ = ["FUSION_LOSSES", "blend_gradient_loss", "fusion_loss", "intensity_loss", "max_gradient_loss",
-           "refusion_loss", "tdfusion_loss", "weighted_gradient_loss"]
+__all__ = ["FUSION_LOSSES", "GRADIENT_TARGETS", "blend_gradient_loss", "fusion_loss", "intensity_loss",
+           "max_gradient_loss", "refusion_loss", "tdfusion_loss", "weighted_gradient_loss", "weighted_max_gradient_loss"]
+
+#: Targets of the tdfusion form's gradient term (``loss.gradient_target``).
+GRADIENT_TARGETS = ("max", "blend", "weighted_max")
 
 
 def intensity_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, wa: torch.Tensor,
@@ -82,6 +85,22 @@ def blend_gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     return total
 
 
+def weighted_max_gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                               wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """L1 distance of F's Sobel derivatives to the source derivative of larger weighted
+    magnitude (``wa |g(a)|`` against ``wb |g(b)|``, ties to A; sign kept).
+
+    ``(B, 1, H, W) x5 -> scalar``; x and y terms averaged separately and summed. With
+    ``wa = wb`` it equals :func:`max_gradient_loss`. The choice is a hard selection: no
+    gradient reaches the weights through it.
+    """
+    total = fused.new_zeros(())
+    for gf, ga, gb in zip(sobel(fused), sobel(a), sobel(b)):
+        target = torch.where(wa * ga.abs() >= wb * gb.abs(), ga, gb)
+        total = total + (gf - target).abs().mean()
+    return total
+
+
 def weighted_gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                            va: torch.Tensor, vb: torch.Tensor) -> torch.Tensor:
     """ReFusion's gradient term: per-pixel weighted L1 to each source's derivatives.
@@ -95,27 +114,35 @@ def weighted_gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor
 
 
 def tdfusion_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor,
-                  alpha: float = 1.0, intensity: str = "paper", learned_gradient: bool = False) -> dict[str, torch.Tensor]:
+                  alpha: float = 1.0, intensity: str = "paper", gradient_target: str = "max") -> dict[str, torch.Tensor]:
     """TDFusion learnable loss. ``weights``: ``(B, 2, H, W)`` = ``[w_a, w_b]``;
-    ``learned_gradient``: the gradient term's target is the gradient of G's blend.
+    ``gradient_target``: one of :data:`GRADIENT_TARGETS` (module doc).
 
     Returns ``{"loss", "int", "grad"}`` (scalars).
     """
     wa, wb = weights[:, 0:1], weights[:, 1:2]
     l_int = intensity_loss(fused, a, b, wa, wb, intensity)
-    l_grad = blend_gradient_loss(fused, a, b, wa, wb) if learned_gradient else max_gradient_loss(fused, a, b)
+    if gradient_target == "max":
+        l_grad = max_gradient_loss(fused, a, b)
+    elif gradient_target == "blend":
+        l_grad = blend_gradient_loss(fused, a, b, wa, wb)
+    elif gradient_target == "weighted_max":
+        l_grad = weighted_max_gradient_loss(fused, a, b, wa, wb)
+    else:
+        raise ValueError(f"gradient_target must be one of {', '.join(GRADIENT_TARGETS)}, got {gradient_target!r}")
     return {"loss": l_int + alpha * l_grad, "int": l_int, "grad": l_grad}
 
 
 def refusion_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor,
-                  alpha: float = 1.0, intensity: str = "paper", learned_gradient: bool = False) -> dict[str, torch.Tensor]:
+                  alpha: float = 1.0, intensity: str = "paper", gradient_target: str = "max") -> dict[str, torch.Tensor]:
     """ReFusion learnable loss. ``weights``: ``(B, 4, H, W)`` = ``[w_a, w_b, v_a, v_b]``.
-    Its gradient term is G's already (``v``): ``learned_gradient=True`` is refused.
+    Its gradient term is G's already (``v``): a ``gradient_target`` other than ``"max"``
+    (which here means "the form's own term") is refused.
 
     Returns ``{"loss", "int", "grad"}`` (scalars).
     """
-    if learned_gradient:
-        raise ValueError("learned_gradient is a variant of the tdfusion form; ReFusion's gradient term is "
+    if gradient_target != "max":
+        raise ValueError("gradient_target is a variant of the tdfusion form; ReFusion's gradient term is "
                          "weighed by G already")
     l_int = intensity_loss(fused, a, b, weights[:, 0:1], weights[:, 1:2], intensity)
     l_grad = weighted_gradient_loss(fused, a, b, weights[:, 2:3], weights[:, 3:4])
@@ -128,10 +155,10 @@ FUSION_LOSSES = {"tdfusion": (tdfusion_loss, 1), "refusion": (refusion_loss, 2)}
 
 def fusion_loss(form: str, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                 weights: torch.Tensor, alpha: float = 1.0, intensity: str = "paper",
-                learned_gradient: bool = False) -> dict[str, torch.Tensor]:
+                gradient_target: str = "max") -> dict[str, torch.Tensor]:
     """Dispatch to :func:`tdfusion_loss` or :func:`refusion_loss` by ``form``."""
     try:
         fn, _ = FUSION_LOSSES[form]
     except KeyError:
         raise ValueError(f"unknown fusion loss form {form!r}; known: {', '.join(FUSION_LOSSES)}") from None
-    return fn(fused, a, b, weights, alpha, intensity, learned_gradient)
+    return fn(fused, a, b, weights, alpha, intensity, gradient_target)

@@ -88,18 +88,18 @@ def adam_task_step(optimizer: torch.optim.Adam) -> TaskStep:
 class LossSettings:
     """How L_f is formed: ``form`` ("tdfusion" | "refusion"), ``alpha``, ``intensity``
     ("paper" | "reference"), ``fixed`` (ablation: w = v = 1/2, G unused) and
-    ``learned_gradient`` (tdfusion form: the gradient term's target is G's blend,
-    :func:`~tdfusion.meta.losses.blend_gradient_loss`)."""
+    ``gradient_target`` (tdfusion form: "max", the paper's, | "blend" | "weighted_max",
+    :mod:`tdfusion.meta.losses`)."""
 
     form: str = "tdfusion"
     alpha: float = 1.0
     intensity: str = "paper"
     fixed: bool = False
-    learned_gradient: bool = False
+    gradient_target: str = "max"
 
     def loss(self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
         """L_f of ``fused`` under ``weights`` in this form: ``{"loss", "int", "grad"}``."""
-        return fusion_loss(self.form, fused, a, b, weights, self.alpha, self.intensity, self.learned_gradient)
+        return fusion_loss(self.form, fused, a, b, weights, self.alpha, self.intensity, self.gradient_target)
 
 
 def params_of(net: nn.Module) -> Params:

@@ -10,8 +10,8 @@ that has no inner step:
     "if F reached the optimum of the loss G proposes, how well would T do?"
 
 The per-pixel optimum of the intensity term ``w_a (F - A)^2 + w_b (F - B)^2`` is the blend
-``F* = w_a A + w_b B`` (and with ``loss.learned_gradient`` the gradient term has the same
-optimum). So G is trained by
+``F* = w_a A + w_b B`` (with ``loss.gradient_target: blend`` the gradient term has the
+same optimum). So G is trained by
 
     L_target(theta_G) = L_t(T(w_a A + w_b B)),   (w_a, w_b) = G_theta(A, B),
 

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from ..errors import TDFusionError
-from ..meta.losses import FUSION_LOSSES
+from ..meta.losses import FUSION_LOSSES, GRADIENT_TARGETS
 from ..meta.updates import G_UPDATE_RULES
 from .modules import META_OBJECTIVES
 from ..precision import PRECISIONS
@@ -23,7 +23,8 @@ _MINIMUM = {"data.batch_size": 1, "data.crop_size": 8, "data.num_workers": 0, "t
             "run.samples": 0, "run.eval_every": 0, "run.eval_limit": 1, "optim.step_size": 1}
 _NULLABLE = {"train.fusion_steps", "run.eval_limit"}
 _CHOICES = {"loss.form": tuple(FUSION_LOSSES), "loss.intensity": ("paper", "reference"), "meta.lossgen_update": G_UPDATE_RULES,
-            "meta.gradient": ("jvp", "second_order"), "meta.objective": META_OBJECTIVES, "meta.task_inner_step": ("sgd", "adam"),
+            "meta.gradient": ("jvp", "second_order"), "meta.objective": META_OBJECTIVES,
+            "loss.gradient_target": GRADIENT_TARGETS, "meta.task_inner_step": ("sgd", "adam"),
             "optim.schedule": ("step", "cosine", "none"), "train.precision": PRECISIONS}
 
 
@@ -59,11 +60,8 @@ def check_values(cfg: dict) -> None:
             raise TDFusionError(f"config key {key!r}: expected a name, got {get(key)!r}")
     if not isinstance(cfg["dataset"].get("options") or {}, dict):
         raise TDFusionError(f"config key 'dataset.options': expected a mapping, got {cfg['dataset']['options']!r}")
-    if not isinstance(get("loss.learned_gradient"), bool):
-        raise TDFusionError(f"config key 'loss.learned_gradient': expected true or false, "
-                            f"got {get('loss.learned_gradient')!r}")
-    if get("loss.learned_gradient") and get("loss.form") != "tdfusion":
-        raise TDFusionError("config key 'loss.learned_gradient': applies to loss.form tdfusion (ReFusion's form "
+    if get("loss.gradient_target") != "max" and get("loss.form") != "tdfusion":
+        raise TDFusionError("config key 'loss.gradient_target': applies to loss.form tdfusion (ReFusion's form "
                             "weighs its gradient term by G's v already)")
     size = get("data.task_size")
     if size is not None and not (isinstance(size, (list, tuple)) and len(size) == 2 and all(

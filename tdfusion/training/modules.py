@@ -56,7 +56,7 @@ def build_modules(cfg: dict, dataset: PairDataset | None, device: torch.device |
     if lc["form"] not in FUSION_LOSSES:
         raise TDFusionError(f"loss.form {lc['form']!r}: expected one of {', '.join(FUSION_LOSSES)}")
     settings = objectives.LossSettings(lc["form"], float(lc["alpha"]), lc["intensity"], bool(lc["fixed_weights"]),
-                                       bool(lc["learned_gradient"]))
+                                       lc["gradient_target"])
     fusion = _build_net(cfg["fusion"], device)
     lossgen = _build_net({**cfg["lossgen"], "pairs": FUSION_LOSSES[lc["form"]][1]}, device)
     try:
