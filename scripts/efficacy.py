@@ -49,18 +49,19 @@ REPO = Path(__file__).resolve().parents[1]
 MSRS = REPO.parent / "shared" / "data" / "msrs_det"
 
 #: The synthetic scenes, the F schedule every method shares, the downstream regime, the seeds.
-#: ``train.fusion_steps`` x ``train.epochs`` = 400 F steps: where the fixed-weight F's
-#: downstream score stopped rising (docs/results.md, "F trained to its plateau").
+#: ``train.fusion_steps`` x ``train.epochs`` = 800 F steps: where the fixed-weight F's
+#: downstream score stopped rising (docs/results.md, "F trained to its plateau": 200, 400, 800
+#: and 1600 steps measured), with 96 meta iterations for G (6 per epoch).
 MODES = {
     "quick": {
         "size": [96, 128], "length": 48,
-        "fusion": {"train.epochs": 8, "train.meta_steps": 12, "train.fusion_steps": 50},
+        "fusion": {"train.epochs": 16, "train.meta_steps": 6, "train.fusion_steps": 50},
         "downstream": {"downstream.epochs": 25}, "seeds": [0, 1, 2], "fusion_seeds": [0, 1],
         "parts": ["synthetic"],
     },
     "full": {
         "size": [96, 128], "length": 48,
-        "fusion": {"train.epochs": 8, "train.meta_steps": 12, "train.fusion_steps": 50},
+        "fusion": {"train.epochs": 16, "train.meta_steps": 6, "train.fusion_steps": 50},
         "downstream": {"downstream.epochs": 25}, "seeds": [0, 1, 2], "fusion_seeds": [0, 1],
         "parts": ["synthetic", "references", "official", "msrs_det", "msrs_seg"],
         # about an hour of meta iterations per fusion run on one core (3 s per 200-step epoch's

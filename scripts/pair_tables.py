@@ -17,6 +17,11 @@ import json
 import sys
 
 
+def _scores(runs: list[dict]) -> list[dict]:
+    """A source's runs less their training time (which two measurements never share)."""
+    return [{k: v for k, v in r.items() if k != "train_seconds"} for r in runs]
+
+
 def main(argv: list[str] | None = None) -> int:
     from tdfusion.evaluation.statistics import paired_differences
 
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in pl["sources"].items():
             name = renames.get((i, name), name)
             if name in merged:
-                if merged[name]["runs"] != s["runs"]:
+                if _scores(merged[name]["runs"]) != _scores(s["runs"]):
                     sys.exit(f"source {name!r} has different runs in two files: rename one (--rename)")
                 continue
             merged[name] = s

@@ -46,6 +46,23 @@ def test_defaults_differ_from_the_preset_where_docs_say_so():
     assert cfg["meta"]["task_inner_step"] == "sgd" and cfg["data"]["hflip"] is True
 
 
+def _flat(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_steer_preset_switches_on_exactly_the_two_extensions():
+    plain = _flat(resolved("--task", "seg", "--dataset", "synthetic"))
+    steer = _flat(resolved("--task", "seg", "--dataset", "synthetic", "--preset", "steer"))
+    changed = {k: (plain.get(k), steer.get(k)) for k in plain.keys() | steer.keys() if plain.get(k) != steer.get(k)}
+    # the paper's method is the default; the preset (docs/fidelity.md, "Extensions") changes these two only
+    assert changed == {"meta.objective": ("one_step", "target"), "loss.gradient_target": ("max", "weighted_max")}
+    assert resolved("--task", "seg", "--dataset", "synthetic", "--preset", "steer",
+                    "meta.objective=one_step")["meta"]["objective"] == "one_step"
+
+
 def test_unknown_preset_is_a_clear_error(capsys):
     assert main(["train", "--task", "recon", "--dataset", "synthetic", "--preset", "nope"]) == 2
     assert "unknown preset 'nope'; available: official" in capsys.readouterr().err
