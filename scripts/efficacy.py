@@ -386,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     work = Path(args.work or f"runs/efficacy_{args.mode}")
     out.mkdir(parents=True, exist_ok=True)
-    log = out / f"efficacy_{args.mode}{'' if args.parts is None else '_' + '_'.join(args.parts)}_commands.txt"
+    # a subset run (--parts, --tasks) keeps its own command list beside the full run's
+    subset = [*(args.parts or []), *([] if sorted(args.tasks) == ["det", "seg"] else args.tasks)]
+    log = out / f"efficacy_{args.mode}{''.join('_' + s for s in subset)}_commands.txt"
     run = Runner(log, threads=1 if args.jobs > 1 else os.cpu_count() or 1)
     ctx = {"mode": mode, "mode_name": args.mode, "run": run, "work": work, "out": out, "jobs": args.jobs,
            "device": args.device, "msrs": Path(args.msrs)}
