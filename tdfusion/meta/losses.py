@@ -39,8 +39,6 @@ from ..ops import sobel
 __all__ = ["FUSION_LOSSES", "GRADIENT_TARGETS", "blend_gradient_loss", "fusion_loss", "intensity_loss",
            "max_gradient_loss", "refusion_loss", "tdfusion_loss", "weighted_gradient_loss", "weighted_max_gradient_loss"]
 
-#: Targets of the tdfusion form's gradient term (``loss.gradient_target``).
-GRADIENT_TARGETS = ("max", "blend", "weighted_max")
 
 
 def intensity_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, wa: torch.Tensor,
@@ -113,6 +111,15 @@ def weighted_gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     return total
 
 
+#: The tdfusion form's gradient terms by ``loss.gradient_target``, all ``(F, A, B, w_a, w_b)``.
+_GRADIENT_TERMS = {
+    "max": lambda fused, a, b, wa, wb: max_gradient_loss(fused, a, b),
+    "blend": blend_gradient_loss,
+    "weighted_max": weighted_max_gradient_loss,
+}
+GRADIENT_TARGETS = tuple(_GRADIENT_TERMS)
+
+
 def tdfusion_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor,
                   alpha: float = 1.0, intensity: str = "paper", gradient_target: str = "max") -> dict[str, torch.Tensor]:
     """TDFusion learnable loss. ``weights``: ``(B, 2, H, W)`` = ``[w_a, w_b]``;
@@ -122,14 +129,12 @@ def tdfusion_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights
     """
     wa, wb = weights[:, 0:1], weights[:, 1:2]
     l_int = intensity_loss(fused, a, b, wa, wb, intensity)
-    if gradient_target == "max":
-        l_grad = max_gradient_loss(fused, a, b)
-    elif gradient_target == "blend":
-        l_grad = blend_gradient_loss(fused, a, b, wa, wb)
-    elif gradient_target == "weighted_max":
-        l_grad = weighted_max_gradient_loss(fused, a, b, wa, wb)
-    else:
-        raise ValueError(f"gradient_target must be one of {', '.join(GRADIENT_TARGETS)}, got {gradient_target!r}")
+    try:
+        term = _GRADIENT_TERMS[gradient_target]
+    except KeyError:
+        raise ValueError(f"gradient_target must be one of {', '.join(GRADIENT_TARGETS)}, "
+                         f"got {gradient_target!r}") from None
+    l_grad = term(fused, a, b, wa, wb)
     return {"loss": l_int + alpha * l_grad, "int": l_int, "grad": l_grad}
 
 
