@@ -56,6 +56,10 @@ class TaskHead:
     #: Keys every task accepts (``task:`` of configs/base.yaml). ``trust_weights``: a task
     #: that can read pickled checkpoints (det: ultralytics') unpickles them only when true.
     common: ClassVar[dict[str, Any]] = {"trust_weights": False}
+    #: Whether :meth:`build_network` honours ``trust_weights`` when it reads ``weights``
+    #: (the built-in det, seg and recon do). A task that does not refuses the option rather
+    #: than ignore it.
+    honours_trust_weights: ClassVar[bool] = False
 
     def __init__(self, config: Mapping[str, Any] | None = None):
         config = dict(config or {})
@@ -65,6 +69,9 @@ class TaskHead:
             raise ValueError(f"unknown {self.name} task option(s): {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
         self.config = {**known, **config}
+        if self.config.get("trust_weights") and not self.honours_trust_weights:
+            raise ValueError("trust_weights (--trust-weights) does nothing here: this task reads no pickled weights "
+                             "files; only the det, seg and recon tasks' weights (--task-weights) use it")
 
     @classmethod
     def for_dataset(cls, config: Mapping[str, Any] | None, dataset: Any = None) -> "TaskHead":

@@ -184,6 +184,7 @@ class DetectionTask(TaskHead):
 
     name = "det"
     target_kind = "boxes"
+    honours_trust_weights = True
     defaults = {
         "num_classes": None,       # filled from the dataset
         "class_names": None,       # filled from the dataset

@@ -14,11 +14,13 @@ a 3x3 conv embedding and ``num_blocks`` shared Restormer blocks, then two branch
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from tdfusion.errors import TDFusionError
 from tdfusion.nets.blocks import RestormerBlock
 from tdfusion.ops import sobel
 
@@ -91,6 +93,7 @@ class ReconstructionTask(TaskHead):
 
     name = "recon"
     target_kind = "none"
+    honours_trust_weights = True
     defaults = {"dim": 16, "num_blocks": 2, "heads": 8, "ffn_expansion": 2.0, "alpha": 1.0,
                 "weights": None}
 
@@ -98,10 +101,24 @@ class ReconstructionTask(TaskHead):
         c = self.config
         net = ReconstructionNet(c["dim"], c["num_blocks"], c["heads"], c["ffn_expansion"])
         if c["weights"]:
-            from tdfusion.checkpoint import safe_torch_load
+            from tdfusion.checkpoint import load_weights_file
 
-            state = safe_torch_load(c["weights"], "weights file")
-            net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+            path = str(c["weights"])
+            if not os.path.isfile(path):
+                raise TDFusionError(f"{path}: no such task weights file")
+            # Weights only, unless --trust-weights lets the file be unpickled (a pickled module).
+            state = load_weights_file(path, "weights file", bool(c["trust_weights"]))
+            if isinstance(state, dict) and isinstance(state.get("state_dict"), (dict, nn.Module)):
+                state = state["state_dict"]
+            if isinstance(state, nn.Module):
+                state = state.state_dict()
+            if not isinstance(state, dict):
+                raise TDFusionError(f"{path}: not a state_dict (expected a mapping of names to tensors)")
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as exc:
+                detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
+                raise TDFusionError(f"{path}: recon weights do not match this network ({detail})") from None
         return net
 
     def loss(self, net, params, fused, batch) -> torch.Tensor:

@@ -191,6 +191,9 @@ class SegmentationTask(TaskHead):
             step is first order).
         weights: local weights (``--task-weights``): a ``save_pretrained`` folder, whose
             config.json then also fixes the architecture, or a state_dict file.
+        trust_weights: let a weights file be fully unpickled (``--trust-weights``): a
+            pickled model or a checkpoint holding other Python objects. Unpickling can run
+            any code the file carries: only for files you trust.
         ignore_index: label value excluded from loss and metrics (default 255).
         class_weights: K per-class cross-entropy weights, or null.
         input_mean, input_std: the network sees ``(fused - mean) / std`` (default 0, 1:
@@ -199,6 +202,7 @@ class SegmentationTask(TaskHead):
 
     name = "seg"
     target_kind = "mask"
+    honours_trust_weights = True
     defaults = {
         "num_classes": None,
         "class_names": None,
@@ -260,7 +264,7 @@ class SegmentationTask(TaskHead):
             overrides = {**weights_architecture(weights), **overrides}
         net = build_segformer(self.num_classes, cfg["variant"], cfg["class_names"], cfg["attention"], **overrides)
         if weights is not None:
-            load_segformer_weights(net, weights)
+            load_segformer_weights(net, weights, bool(cfg["trust_weights"]))
         return net
 
     def adapt_input(self, fused: torch.Tensor) -> torch.Tensor:

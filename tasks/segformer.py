@@ -103,25 +103,32 @@ def weights_architecture(path: str | os.PathLike) -> dict[str, Any]:
     return _folder_architecture(path) if _is_hf_folder(path) else {}
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a plain weights file (torch ``.pt``/``.pth``/``.bin`` or ``.safetensors``)."""
+def _read_state_dict(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a plain weights file (torch ``.pt``/``.pth``/``.bin`` or ``.safetensors``).
+
+    ``trust`` (``--trust-weights``): a torch file may also be fully unpickled -- a pickled
+    model object or a training checkpoint holding other Python objects -- which can run any
+    code the file carries. ``.safetensors`` files never need it."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
-            from tdfusion.checkpoint import safe_torch_load
+            from tdfusion.checkpoint import load_weights_file
 
-            state = safe_torch_load(path, "weights file")
+            state = load_weights_file(path, "weights file", trust)
     except TDFusionError:
         raise
     except Exception as exc:  # safetensors raises several types for a bad file
         raise TDFusionError(f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    # Unwrap the usual containers ({"state_dict": ...}, {"model": ...}).
+    # Unwrap the usual containers ({"state_dict": ...}, {"model": ...}) and, from a trusted
+    # file, a pickled model object (torch.save(model)).
     for key in ("state_dict", "model", "task_net"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
+        if isinstance(state, dict) and isinstance(state.get(key), (dict, nn.Module)):
             state = state[key]
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise TDFusionError(f"{path}: not a state_dict (expected a mapping of names to tensors)")
     return dict(state)
@@ -150,7 +157,7 @@ def _old_style(state: Mapping[str, torch.Tensor]) -> bool:
                for k in state)
 
 
-def load_segformer_weights(net: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
+def load_segformer_weights(net: nn.Module, path: str | os.PathLike, trust: bool = False) -> dict[str, list[str]]:
     """Load local weights into ``net`` (a network from :func:`build_segformer`).
 
     ``path`` is a folder written by ``save_pretrained`` or a state_dict file (``.pt``,
@@ -163,6 +170,7 @@ def load_segformer_weights(net: nn.Module, path: str | os.PathLike) -> dict[str,
       weights such as ImageNet MiT), is left randomly initialised.
 
     Any other missing or mis-shaped tensor is a :class:`TDFusionError` naming the file.
+    A file is read weights-only unless ``trust`` (``--trust-weights``) allows unpickling it.
     Returns ``{"loaded": [...], "reinitialised": [...], "ignored": [...]}`` (tensor names).
     """
     path = Path(path)
@@ -173,7 +181,7 @@ def load_segformer_weights(net: nn.Module, path: str | os.PathLike) -> dict[str,
             raise TDFusionError(f"{path}: a weights folder needs the config.json written by save_pretrained")
         state = _via_transformers(path, path)
     else:
-        state = _read_state_dict(path)
+        state = _read_state_dict(path, trust)
         if _old_style(state):
             state = _renamed_by_transformers(state, net, path)
     own = net.state_dict()

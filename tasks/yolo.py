@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from tdfusion.checkpoint import TRUST_HINT  # noqa: E402  (re-exported: what the opt-in message says)
 from tdfusion.errors import TDFusionError  # noqa: E402
 
 __all__ = ["PAD_VALUE", "TRUST_HINT", "build_yolov8", "decode_predictions", "load_yolov8_weights", "pad_to_stride",
@@ -54,24 +55,14 @@ def build_yolov8(num_classes: int, variant: str = "n", channels: int = 1) -> nn.
     return DetectionModel(f"yolov8{variant}.yaml", ch=channels, nc=num_classes, verbose=False)
 
 
-TRUST_HINT = ("pass --trust-weights (task.trust_weights: true) to unpickle it anyway, only for a file "
-              "from a source you trust, or give a plain state_dict (torch.save(model.state_dict(), path))")
-
-
 def _state_dict_from_file(path: str, trust: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a weights file. ``trust``: also unpickle full ultralytics checkpoints
     (they pickle the model object, and unpickling can run any code the file carries)."""
-    from tdfusion.checkpoint import safe_torch_load
+    from tdfusion.checkpoint import load_weights_file
 
     if not os.path.isfile(path):
         raise TDFusionError(f"{path}: no such task weights file")
-    if trust:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-            raise TDFusionError(f"{path}: cannot read task weights ({str(exc).splitlines()[0]})") from None
-    else:
-        obj = safe_torch_load(path, "weights file", trust_hint=TRUST_HINT)
+    obj = load_weights_file(path, "weights file", trust)
     if isinstance(obj, dict):
         for key in ("ema", "model", "state_dict", "task", "task_net"):
             if obj.get(key) is not None:

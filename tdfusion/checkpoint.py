@@ -36,7 +36,8 @@ VERSION = 1
 
 __all__ = [
     "FORMAT", "VERSION", "build_fusion_net", "convert_refusion_state_dict", "load_checkpoint", "load_fusion_net",
-    "load_module", "module_record", "safe_torch_load", "save_checkpoint", "trained_lossgen",
+    "load_module", "load_weights_file", "module_record", "safe_torch_load", "save_checkpoint", "trained_lossgen",
+    "TRUST_HINT",
 ]
 
 # Reference name -> toolkit name, applied in order to each key (first match wins per rule).
@@ -102,6 +103,70 @@ def convert_refusion_state_dict(sd: Mapping[str, torch.Tensor], source: str = "c
     return config, out
 
 
+def _looks_like_text(head: bytes) -> bool:
+    """Whether the first bytes of a file read as text (UTF-8, no control bytes but white space)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        try:  # the cut may have split a multi-byte character at the end
+            text = head[:-3].decode("utf-8") if len(head) > 3 else ""
+        except UnicodeDecodeError:
+            return False
+    return bool(text) and all(c.isprintable() or c in "\t\n\r\f" for c in text)
+
+
+def _unreadable_reason(path: str | os.PathLike) -> str | None:
+    """A short description of a file torch could not read, from its first bytes; None when
+    its content says nothing clearer than torch's own error."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(b"version https://git-lfs.github.com/spec/"):
+        return "a Git LFS pointer, not the file itself: git lfs pull fetches it"
+    if head.startswith(b"PK\x03\x04"):  # torch's zip format (torch.save since 1.6)
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "corrupt or truncated file"  # no intact central directory: cut or damaged
+        if not any(n.endswith("/data.pkl") for n in names):
+            return "a zip archive without PyTorch data"
+        return "corrupt or truncated file"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "corrupt or truncated file"  # a pickle (torch's legacy format) that ends early
+    if _looks_like_text(head):
+        lowered = head.lstrip()[:64].lower()
+        if lowered.startswith((b"<!doctype html", b"<html")):
+            return "an HTML page, not a PyTorch file"
+        return "a text file, not a PyTorch file"
+    return None
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """The first sentence of ``text``, at most ``limit`` characters."""
+    text = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0].rstrip(".")
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _read_error(path: str | os.PathLike, what: str, exc: Exception) -> TDFusionError:
+    """The one-line error for a file ``torch.load`` failed on, without torch's advice to load unsafely."""
+    reason = _unreadable_reason(path)
+    if reason is not None:
+        return TDFusionError(f"{path}: not a readable {what} ({reason})")
+    # torch's own text suggests retrying with weights_only=False, i.e. running whatever
+    # the file contains: keep only the lines that say what is wrong.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()
+             and not re.search(r"weights.only|torch\.load|https?://|trusted source", line, re.I)]
+    detail = _short(lines[0]) if lines else "not a PyTorch file"
+    return TDFusionError(f"{path}: not a readable {what} ({type(exc).__name__}: {detail})")
+
+
 def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint",
                     map_location: str | torch.device = "cpu", trust_hint: str | None = None) -> Any:
     """``torch.load(path, weights_only=True)`` with one-line errors naming the file.
@@ -109,7 +174,8 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint",
     Weights only: a file that needs full unpickling (a pickled Python object, which can run
     any code while it loads) is refused, and so is anything that is not a torch file. The
     message never relays torch's advice to retry with ``weights_only=False``; where the
-    caller offers a safe opt-in, ``trust_hint`` names it.
+    caller offers a safe opt-in, ``trust_hint`` names it. A cut or damaged file, an empty
+    one, a text file or a Git LFS pointer is said in a few words, not in torch's.
     """
     try:
         with warnings.catch_warnings():
@@ -124,12 +190,27 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint",
             hint = f"; {trust_hint}" if trust_hint else ""
             raise TDFusionError(f"{path}: not a readable {what}: it holds pickled Python objects ({found.group(1)}), "
                                 f"which could run code when loaded; tdfusion loads weights only{hint}") from None
-        # torch's own text suggests retrying with weights_only=False, i.e. running whatever
-        # the file contains: keep only the lines that say what is wrong.
-        lines = [line.strip() for line in text.splitlines() if line.strip()
-                 and not re.search(r"weights.only|torch\.load|https?://|trusted source", line, re.I)]
-        reason = lines[0] if lines else "not a PyTorch file"
-        raise TDFusionError(f"{path}: not a readable {what} ({type(exc).__name__}: {reason})") from None
+        raise _read_error(path, what, exc) from None
+
+
+#: What a weights-only refusal of a task weights file suggests (det, seg and recon honour it).
+TRUST_HINT = ("pass --trust-weights (task.trust_weights: true) to unpickle it anyway, only for a file "
+              "from a source you trust, or give a plain state_dict (torch.save(model.state_dict(), path))")
+
+
+def load_weights_file(path: str | os.PathLike, what: str = "weights file", trust: bool = False,
+                      trust_hint: str | None = TRUST_HINT) -> Any:
+    """A task weights file: weights only (:func:`safe_torch_load`), or, with ``trust``
+    (``--trust-weights``), fully unpickled -- which runs any code the file carries, so only
+    for files from a trusted source. Errors are one line naming the file either way."""
+    if not trust:
+        return safe_torch_load(path, what, trust_hint=trust_hint)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - unpickling raises whatever the file's objects raise
+        raise _read_error(path, what, exc) from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -140,10 +221,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     Raises :class:`TDFusionError` naming the file when it is missing, unreadable, or of
     an unknown kind.
     """
-    from .hub import resolve_checkpoint
+    from .hub import closest_model, resolve_checkpoint
 
     path = resolve_checkpoint(path)
     if not path.is_file():
+        guess = closest_model(path)
+        if guess is not None:
+            raise TDFusionError(f"{path}: no such checkpoint file nor published model name; did you mean {guess!r}?")
         raise TDFusionError(f"{path}: no such checkpoint file (nor a published model name: "
                             f"tdfusion fuse --help lists them)")
     obj = safe_torch_load(path, "checkpoint", map_location)

@@ -34,9 +34,14 @@ from torch import nn
 from .errors import TDFusionError
 from .io import atomic_write
 
-__all__ = ["FORMATS", "TOLERANCE", "check_export", "export_network", "onnx_runner", "torchscript_runner"]
+__all__ = ["EXTENSIONS", "FORMATS", "TOLERANCE", "check_export", "check_out_path", "export_network", "onnx_runner",
+           "torchscript_runner"]
 
 FORMATS = ("onnx", "torchscript")
+#: File extensions each format may be written under (the first is the one suggested). A
+#: TorchScript file is not a ``.pth``: that name is the convention for state_dicts and
+#: checkpoints, which an export must not be taken for (or overwrite).
+EXTENSIONS = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript")}
 #: Largest absolute difference to the torch module an exported file may show (the parity bar).
 TOLERANCE = 1e-4
 #: Sizes the check runs at, (N, H, W): odd sizes and a batch, none of them the traced one.
@@ -123,13 +128,39 @@ def check_export(net: nn.Module, run: Runner, shapes=CHECK_SHAPES) -> float:
     return worst
 
 
+def check_out_path(out: str | os.PathLike, fmt: str, checkpoint: str | os.PathLike | None = None) -> None:
+    """Refuse an output name whose extension belongs to another format (``--format onnx
+    --out model.pt`` would replace a TorchScript file with an ONNX one), a folder, and the
+    checkpoint being exported itself."""
+    if fmt not in FORMATS:
+        raise TDFusionError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.is_dir():
+        raise TDFusionError(f"{out}: --out is a folder; give a file name such as model{EXTENSIONS[fmt][0]}")
+    suffix = out.suffix.lower()
+    if suffix not in EXTENSIONS[fmt]:
+        exts = EXTENSIONS[fmt]
+        wants = f"--format {fmt} writes {', '.join(exts[:-1]) + ' or ' + exts[-1] if len(exts) > 1 else exts[0]} files"
+        example = out.with_name(out.name + exts[0]) if not suffix else out.with_suffix(exts[0])
+        other = [f for f, e in EXTENSIONS.items() if suffix in e]
+        if other:
+            problem = f"a {suffix} name is for --format {other[0]}; {wants}"
+        elif not suffix:
+            problem = f"--out has no extension; {wants}"
+        else:
+            problem = f"{wants}, not {suffix}"
+        raise TDFusionError(f"{out}: {problem} (e.g. {example.name}); nothing written")
+    if checkpoint is not None and Path(checkpoint).exists() and out.exists() and out.samefile(checkpoint):
+        raise TDFusionError(f"{out}: --out is the checkpoint being exported; give another file name")
+
+
 def export_network(net: nn.Module, out: str | os.PathLike, fmt: str) -> float:
     """Export ``net`` (float32, CPU, eval mode) to ``out`` in ``fmt``; returns the check's max difference.
 
-    Nothing is written unless the exported file reproduces the module within :data:`TOLERANCE`.
+    Nothing is written unless the exported file reproduces the module within :data:`TOLERANCE`,
+    nor under a name of another format's extension (:func:`check_out_path`).
     """
-    if fmt not in FORMATS:
-        raise TDFusionError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    check_out_path(out, fmt)
     net = net.float().cpu().eval()
     data = _onnx_bytes(net) if fmt == "onnx" else _torchscript_bytes(net)
     runner = onnx_runner(data) if fmt == "onnx" else torchscript_runner(data)

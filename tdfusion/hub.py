@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import TDFusionError
 
-__all__ = ["MODELS", "PublishedModel", "cache_dir", "download", "file_sha256", "resolve_checkpoint"]
+__all__ = ["MODELS", "PublishedModel", "cache_dir", "closest_model", "download", "file_sha256", "resolve_checkpoint"]
 
 # Commits the files were published at. A commit, not a branch, so that a file cannot change
 # under its checksum: ReFusion's is the commit the shared byte copies (and so the sha256
@@ -104,6 +104,40 @@ def _source_url(model: PublishedModel) -> str:
     return mirror.rstrip("/") + "/" + model.file
 
 
+def closest_model(name: str | os.PathLike) -> str | None:
+    """The published model name closest to ``name`` (a misspelling such as ``refusion-ivf``,
+    ``ReFusion_IVIF``), or None when nothing is close or ``name`` is a path with folders."""
+    import difflib
+
+    text = str(name)
+    if not text or "/" in text or "\\" in text:
+        return None
+    key = text.lower().replace("_", "-")
+    stem = key.rsplit(".", 1)[0] if key.endswith((".pth", ".pt")) else key
+    for candidate in (key, stem):
+        if candidate in MODELS:
+            return candidate
+    found = difflib.get_close_matches(stem, list(MODELS), n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+def _http_problem(model: PublishedModel, url: str, exc: Exception) -> str | None:
+    """The one-line message for a server that answered with an HTTP error (not a connection
+    problem): a mirror's is named as the mirror's, with the file it lacks."""
+    import urllib.error
+
+    if not isinstance(exc, urllib.error.HTTPError):
+        return None
+    status = f"HTTP {exc.code}" + (f" {exc.reason}" if exc.reason else "")
+    mirror = os.environ.get("TDFUSION_MIRROR")
+    if mirror:
+        missing = "does not have" if exc.code in (404, 410) else "refused"
+        return (f"{url}: the mirror TDFUSION_MIRROR={mirror} {missing} {model.file} ({status}); put {model.file} "
+                f"there, or unset TDFUSION_MIRROR to download {model.name} from its publisher")
+    return (f"{url}: the publisher's server answered {status} for {model.file} ({model.name}); put a copy of "
+            f"{model.file} in {cache_dir()} or set TDFUSION_MIRROR to a folder or server holding it")
+
+
 def download(model: PublishedModel, dest: Path, quiet: bool = False) -> Path:
     """Fetch ``model`` to ``dest`` with a progress bar, verify it, then rename it into place.
 
@@ -119,11 +153,19 @@ def download(model: PublishedModel, dest: Path, quiet: bool = False) -> Path:
     from .progress import progress_bar
 
     url = _source_url(model)
+    mirror = os.environ.get("TDFUSION_MIRROR")
+    if mirror and "://" not in mirror and not Path(mirror).expanduser().joinpath(model.file).is_file():
+        folder = Path(mirror).expanduser()
+        raise TDFusionError(f"{folder / model.file}: the mirror folder TDFUSION_MIRROR={mirror} has no "
+                            f"{model.file}" + ("" if folder.is_dir() else " (the folder does not exist)"))
     offline = (f"cannot download {model.name} from {url} ({{reason}}); check the connection, or put "
                f"{model.file} in {dest.parent} (or set TDFUSION_MIRROR to a folder holding it)")
     try:
         response = urllib.request.urlopen(url, timeout=60)  # noqa: S310 - the table's https URLs or a chosen mirror
     except (urllib.error.URLError, OSError, ValueError) as exc:
+        problem = _http_problem(model, url, exc)
+        if problem is not None:
+            raise TDFusionError(problem) from None
         raise TDFusionError(offline.format(reason=getattr(exc, "reason", None) or exc)) from None
     digest = hashlib.sha256()
     with response, atomic_write(dest) as fh:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import TDFusionError
 from . import SUMMARY
 
 EPILOG = """\
@@ -27,17 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tdfusion checkpoint (e.g. runs/x/last.pt) or published ReFusion_*.pth")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
                    help="onnx (onnxruntime and other runtimes; default) or torchscript (torch.jit.load)")
-    p.add_argument("--out", required=True, metavar="PATH", help="file to write (e.g. model.onnx, model.pt)")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="file to write; its extension must suit --format: .onnx for onnx, .pt (or .ts, "
+                        ".torchscript) for torchscript")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_fusion_net
-    from ..export import TOLERANCE, export_network
+    from ..export import TOLERANCE, check_out_path, export_network
 
     out = Path(args.out)
-    if out.is_dir():
-        raise TDFusionError(f"{out}: --out is a folder; give a file name such as model.onnx")
+    # Before the checkpoint is read (it may be downloaded): a wrong name wastes nothing.
+    check_out_path(out, args.format, args.checkpoint)
     net, _ = load_fusion_net(args.checkpoint, "cpu")
     diff = export_network(net, out, args.format)
     print(f"wrote {out} ({args.format}); checked against the torch module: max difference {diff:.2g} "

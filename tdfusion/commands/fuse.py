@@ -24,7 +24,10 @@ Pairs are matched by file stem (ir/00001.png <-> vis/00001.jpg). Outputs are
 an --out ending in an image extension is the output file itself.
 
 Video: --a/--b may be video files or folders of numbered frames (at least one a video);
---out a video file (.mp4 .mov: MPEG-4; .mkv .avi: lossless FFV1) or a frame folder.
+--out a video file or a frame folder (PNG, lossless). Containers: .mkv .avi: FFV1,
+lossless (frames read back exactly); .mp4 .mov .m4v: MPEG-4 part 2, lossy, plays
+everywhere; .webm: VP9, lossy, takes --crf. --lossless stops instead of writing a lossy
+file.
 
 Published models by name (downloaded once, checksum-checked, cached in $TDFUSION_HOME or
 the user cache folder; docs/models.md):
@@ -82,8 +85,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=None,
                    help="video: frame rate of the output (default: A's, else B's, else 25)")
     p.add_argument("--codec", default=None, metavar="FOURCC",
-                   help="video: FourCC of the output codec (default by extension: mp4v for .mp4/.mov, "
-                        "FFV1 for .mkv/.avi)")
+                   help="video: FourCC of the output codec (default by extension: mp4v for .mp4/.mov/.m4v, "
+                        "FFV1 for .mkv/.avi, VP90 for .webm)")
+    p.add_argument("--crf", type=int, default=None, metavar="N",
+                   help="video: constant-rate factor of a lossy encoder that has one: VP9 (.webm), 3-63, lower "
+                        "is closer to the frames and larger (default: none, the encoder's own rate control). "
+                        "MPEG-4 part 2 (.mp4) has none, and FFV1 (.mkv) needs none: refused there")
+    p.add_argument("--lossless", action="store_true",
+                   help="video: the output must decode to exactly the fused 8-bit frames: a .mkv or .avi "
+                        "file (FFV1) or --codec FFV1; a lossy container (.mp4, .mov, .webm) stops with an "
+                        "error instead (default: off; .mkv/.avi are lossless anyway)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="image pairs in flight at once, sharing the --threads between them (default on "
                         "CPU: one pair per thread, each on one thread; 1 with --max-memory or on GPU). "
@@ -214,7 +225,16 @@ def run(args: argparse.Namespace) -> int:
         raise TDFusionError("--precision float16 needs a CUDA device; use bfloat16 on CPU")
     if is_video(args.a) or is_video(args.b):
         return _run_video(args, device)
+    _refuse_video_options(args, "image pairs, whose outputs are PNG files (lossless)")
     return _run_images(args, device)
+
+
+def _refuse_video_options(args: argparse.Namespace, what: str) -> None:
+    """--crf and --lossless concern a video file; anywhere else they would do nothing."""
+    given = [flag for flag, on in (("--crf", args.crf is not None), ("--lossless", args.lossless)) if on]
+    if given:
+        raise TDFusionError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to a video file "
+                            f"--out (.mkv, .mp4, .webm...), not to {what}")
 
 
 def _run_images(args: argparse.Namespace, device) -> int:
@@ -314,6 +334,15 @@ def _run_video(args: argparse.Namespace, device) -> int:
     to_video = is_video(out)
     if to_video and out.is_dir() or not to_video and out.exists() and not out.is_dir():
         raise TDFusionError(f"{out}: --out must be a video file name or a folder for the frames")
+    if to_video:
+        # Before the network is loaded: a lossy codec under --lossless wastes nothing.
+        from ..video import CODECS, check_quality
+
+        fourcc = args.codec or CODECS.get(out.suffix.lower())
+        if fourcc is not None:
+            check_quality(out, fourcc, args.crf, args.lossless, codec_given=args.codec is not None)
+    else:
+        _refuse_video_options(args, "a folder of PNG frames (lossless)")
     names = sa.names[:count]
     frame_paths = [] if to_video else [out / f"{name}.png" for name in names]
     if to_video and args.skip_existing and out.exists():
@@ -323,7 +352,8 @@ def _run_video(args: argparse.Namespace, device) -> int:
     replaced = int(to_video and out.exists()) + sum(p.exists() for p, k in zip(frame_paths, keep) if k)
     net = _load_net(args, device)
     _check_memory(net, [(sa.path, sa.size)], args, device)
-    writer = VideoWriter(out, args.fps or sa.fps or sb.fps or DEFAULT_FPS, sa.size, args.codec) if to_video else None
+    writer = (VideoWriter(out, args.fps or sa.fps or sb.fps or DEFAULT_FPS, sa.size, args.codec, args.crf,
+                          args.lossless) if to_video else None)
     batch = args.batch if device.type == "cuda" else 1
     start, done = time.perf_counter(), 0
     try:
