@@ -3,18 +3,22 @@
 A report is a folder::
 
     index.html            provenance (command, version, checkpoint sha256, date), summary table
-                          (metric means per method) + one section per image
+                          (metric means per method) + one section per image: its panels in
+                          a viewer (synchronised zoom and pan, a swipe between two panels,
+                          full size on a click; see :mod:`tdfusion.report_html`)
+    thumbs/<stem>/*.jpg   the panels shown, ``height`` px high: JPEG keeps the page light
+    full/<stem>/*.png     every panel at full resolution (loaded when zoomed or at full size)
     sheets/<stem>.jpg     contact sheet: A | B | each method (| G's weight maps), labelled, with
-                          a colour bar under G's maps; JPEG thumbnails keep the page light
-    full/<stem>/*.png     every panel at full resolution (the sheet's links open these)
+                          a colour bar under G's maps (one image to share; linked)
+    colour_bar.png        the weight maps' colour bar, when there are maps
     crops/<stem>.png      the same panels cropped to a region of interest (optional)
     metrics.json, .csv    the values shown, in the ``tdfusion metrics`` format
     .tdfusion-report      marker: lets a later run replace this folder, and nothing else
 
 It is built in a temporary folder next to the destination and renamed into place at the
 end, so an interrupted run leaves either the previous report or none. The page links
-only files inside the folder (no scripts, fonts or styles from elsewhere), so it works
-offline and can be copied around as a whole.
+only files inside the folder (its script and styles are inlined; no fonts or scripts from
+elsewhere), so it works offline, from a file:// URL, and can be copied around as a whole.
 
 Training code can produce the same kind of report from in-memory images through
 :func:`write_report` and :class:`ReportEntry`.
@@ -36,8 +40,9 @@ import numpy as np
 
 from .errors import TDFusionError
 from .io import file_umask, to_integer, write_image
-from .metrics.evaluate import METRIC_NAMES
 from .metrics.folders import csv_text
+from .report_html import (COLOUR_BAR, HOW_TO, STYLE, Shown, href, metric_table, safe_name, viewer_row,
+                          viewer_script)
 
 __all__ = ["MARKER", "ReportEntry", "check_destination", "colour_bar", "contact_sheet", "is_weight_map",
            "provenance", "sample_sheet", "to_display", "weight_map_rgb", "write_report"]
@@ -49,7 +54,7 @@ _BAR_HEIGHT = 14
 #: The one colour map of G's weight maps, in every sheet and report (perceptually uniform,
 #: readable in grey print and by colour-blind readers).
 WEIGHT_COLORMAP = cv2.COLORMAP_VIRIDIS
-#: JPEG quality of the sheets shown on the page (full-resolution panels stay PNG).
+#: JPEG quality of the panels shown on the page and of the sheets (full-resolution panels stay PNG).
 _THUMB_QUALITY = 85
 
 
@@ -97,9 +102,10 @@ def _with_colour_bar(sheet: np.ndarray) -> np.ndarray:
 
 def sample_sheet(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]]) -> np.ndarray:
     """Training samples as one image: a labelled row per pair at native size, and a colour
-    bar when the rows hold G's maps. ``rows``: ``[(stem, [(label, pixels)])]``."""
+    bar when the rows hold G's maps. ``rows``: ``[(stem, [(label, pixels)])]``; each row's
+    stem follows its first label (``A  00012``, in :data:`NAME_COLOUR`)."""
     sheets = [contact_sheet(panels, height=np.asarray(panels[0][1]).shape[0], columns=len(panels),
-                            colour_bar=False) for _, panels in rows]
+                            colour_bar=False, name=stem) for stem, panels in rows]
     width = max(s.shape[1] for s in sheets)
     padded = [np.pad(s, ((0, _GAP), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in sheets]
     sheet = np.concatenate(padded, axis=0)[:-_GAP]
@@ -158,9 +164,15 @@ def to_display(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _labelled(tile: np.ndarray, label: str) -> np.ndarray:
+#: Colour of a row's pair name in the label strip (the panel labels are white).
+NAME_COLOUR = (255, 200, 40)
+
+
+def _labelled(tile: np.ndarray, label: str, name: str | None = None) -> np.ndarray:
     """Put a black strip with ``label`` above a uint8 RGB tile (OpenCV's built-in Hershey
-    font: nothing to load or download)."""
+    font: nothing to load or download). ``name`` (a pair's stem) follows the label in
+    :data:`NAME_COLOUR`, smaller and then shortened from the left (``~0012``) if the tile is
+    narrow: numbered stems differ at their end."""
     h, w = tile.shape[:2]
     strip = np.zeros((_LABEL_HEIGHT, w, 3), np.uint8)
     font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1
@@ -169,12 +181,22 @@ def _labelled(tile: np.ndarray, label: str) -> np.ndarray:
     while text and cv2.getTextSize(text, font, scale, thick)[0][0] > w - 8:
         text = text[:-2] + "~" if len(text) > 2 else ""
     cv2.putText(strip, text, (4, _LABEL_HEIGHT - 8), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    if name:
+        x = 4 + (cv2.getTextSize(text, font, scale, thick)[0][0] + 8 if text else 0)
+        room = w - 4 - x
+        size = scale
+        while size > 0.36 and cv2.getTextSize(name, font, size, thick)[0][0] > room:
+            size -= 0.05
+        while name and cv2.getTextSize(name, font, size, thick)[0][0] > room:
+            name = "~" + name[2:] if len(name) > 2 else ""
+        if name:
+            cv2.putText(strip, name, (x, _LABEL_HEIGHT - 8), font, size, NAME_COLOUR, thick, cv2.LINE_AA)
     return np.concatenate([strip, tile], axis=0)
 
 
 def contact_sheet(panels: Sequence[tuple[str, np.ndarray]], height: int = 320, columns: int = 4,
                   crop: tuple[int, int, int, int] | None = None, mark: tuple[int, int, int, int] | None = None,
-                  colour_bar: bool = True) -> np.ndarray:
+                  colour_bar: bool = True, name: str | None = None) -> np.ndarray:
     """Labelled grid of panels, each resized to ``height`` pixels (aspect kept).
 
     G's weight maps (labels ``w_A``/``v_A``, float ``(H, W)``) are drawn in
@@ -186,6 +208,7 @@ def contact_sheet(panels: Sequence[tuple[str, np.ndarray]], height: int = 320, c
         columns: panels per row; more panels wrap onto further rows.
         crop: ``(x, y, w, h)`` in image pixels: show only this region of every panel.
         mark: ``(x, y, w, h)``: draw this rectangle on every panel (where a crop comes from).
+        name: written after the first panel's label (a training sample row's pair stem).
     Returns:
         uint8 RGB ``(rows * (height + label), cols * width + gaps, 3)``; gaps are white.
     """
@@ -204,7 +227,7 @@ def contact_sheet(panels: Sequence[tuple[str, np.ndarray]], height: int = 320, c
         if mark is not None:
             x, y, w, h = (round(v * scale) for v in mark)
             cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), (255, 40, 40), 2)
-        tiles.append(_labelled(img, label))
+        tiles.append(_labelled(img, label, name if not tiles else None))
     tile_h = max(t.shape[0] for t in tiles)
     tile_w = max(t.shape[1] for t in tiles)
     cols = max(1, min(columns, len(tiles)))
@@ -231,56 +254,12 @@ def check_destination(out: str | os.PathLike) -> Path:
     return out
 
 
-def _fmt(v: float | None) -> str:
-    return "" if v is None else f"{v:.4f}"
-
-
-def _metric_table(rows: Mapping[str, Mapping[str, float]], caption: str | None = None,
-                  count: Mapping[str, int] | None = None) -> str:
-    """HTML table: methods as rows, metrics as columns, best (highest) per column bold."""
-    from .evaluation.results import best_at_precision
-
-    names = [n for n in METRIC_NAMES if any(n in v for v in rows.values())]
-    methods = list(rows)
-    best = {n: best_at_precision([rows[m].get(n) for m in methods]) for n in names}
-    head = "<tr><th>method</th>" + ("<th>images</th>" if count else "") + \
-           "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
-    body = []
-    for row, (method, values) in enumerate(rows.items()):
-        cells = []
-        for n in names:
-            v = values.get(n)
-            is_best = row in best[n]
-            cells.append(f'<td class="best">{_fmt(v)}</td>' if is_best else f"<td>{_fmt(v)}</td>")
-        images = f"<td>{count[method]}</td>" if count else ""
-        body.append(f"<tr><th>{html.escape(method)}</th>{images}{''.join(cells)}</tr>")
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f'<table class="metrics">{cap}<thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
-
-
-_CSS = """
-body{font-family:sans-serif;margin:1.5em;color:#222}
-table.metrics{border-collapse:collapse;margin:.5em 0 1em}
-table.metrics td,table.metrics th{border:1px solid #bbb;padding:.2em .6em;text-align:right}
-table.metrics th:first-child{text-align:left}
-td.best{font-weight:bold;background:#dff3d8}
-caption{text-align:left;font-weight:bold;padding:.3em 0}
-section{margin-bottom:2.5em}
-img{max-width:100%;height:auto;border:1px solid #ccc}
-.note{color:#666;font-size:.9em}
-table.provenance{border-collapse:collapse;font-size:.85em;margin-bottom:1em}
-table.provenance th{text-align:left;padding:.1em .8em .1em 0;color:#555}
-table.provenance code{word-break:break-all}
-"""
-
-
-def _href(*parts: str) -> str:
-    return "/".join(quote(p) for p in parts)
-
-
-def _safe(label: str) -> str:
-    """A panel label as a file name: letters, digits, ``-`` and ``_`` only."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label).strip("_") or "panel"
+def _thumbnail(rgb: np.ndarray, height: int) -> np.ndarray:
+    """A panel for the page: ``height`` px high, never enlarged (the browser scales up)."""
+    h, w = rgb.shape[:2]
+    if h <= height:
+        return rgb
+    return cv2.resize(rgb, (max(1, round(w * height / h)), height), interpolation=cv2.INTER_AREA)
 
 
 def write_report(out: str | os.PathLike, entries: Iterable[ReportEntry], *,
@@ -297,7 +276,9 @@ def write_report(out: str | os.PathLike, entries: Iterable[ReportEntry], *,
             ``{method: {"mean": {...}, "per_image": {...}}}``, shown on top and saved
             as metrics.json / metrics.csv.
         notes: lines of plain text shown under the title (e.g. the conventions used).
-        height, columns: panel height and panels per row in the contact sheets.
+        height: panel height on the page (JPEG thumbnails; a click shows the native size) and
+            in the contact sheets.
+        columns: panels per row in the contact sheets.
         crop: ``(x, y, w, h)``: also write zoomed crops of that region.
         provenance: ``{what: value}`` shown at the top (see :func:`provenance`).
     """
@@ -309,29 +290,39 @@ def write_report(out: str | os.PathLike, entries: Iterable[ReportEntry], *,
     try:
         sections = []
         for entry in entries:
-            sheet = contact_sheet(entry.panels, height, columns, mark=crop)
-            write_image(tmp / "sheets" / f"{entry.stem}.jpg", sheet,
-                        params=(cv2.IMWRITE_JPEG_QUALITY, _THUMB_QUALITY))
-            links = []
-            for i, (label, pixels) in enumerate(entry.panels):
-                name = f"{i}_{_safe(label)}.png"
-                write_image(tmp / "full" / entry.stem / name, _panel_rgb(label, pixels))
-                links.append(f'<a href="{_href("full", entry.stem, name)}">{html.escape(label)}</a>')
-            parts = [f'<section id="{html.escape(entry.stem, quote=True)}"><h2>{html.escape(entry.stem)}</h2>',
-                     f'<img src="{_href("sheets", entry.stem + ".jpg")}" alt="{html.escape(entry.stem)} panels" '
-                     f'width="{sheet.shape[1]}" height="{sheet.shape[0]}">',
-                     f'<p class="note">full resolution: {" · ".join(links)}</p>']
             if crop is not None:
                 h, w = np.asarray(entry.panels[0][1]).shape[:2]
                 x, y, cw, ch = crop
                 if x >= w or y >= h:
                     raise TDFusionError(f"--crop {x},{y},{cw},{ch}: outside the {w}x{h} image {entry.stem}")
+            sheet = contact_sheet(entry.panels, height, columns, mark=crop)
+            write_image(tmp / "sheets" / f"{entry.stem}.jpg", sheet,
+                        params=(cv2.IMWRITE_JPEG_QUALITY, _THUMB_QUALITY))
+            links, shown = [], []
+            for i, (label, pixels) in enumerate(entry.panels):
+                name = f"{i}_{safe_name(label)}"
+                rgb = _panel_rgb(label, pixels)
+                write_image(tmp / "full" / entry.stem / f"{name}.png", rgb)
+                write_image(tmp / "thumbs" / entry.stem / f"{name}.jpg", _thumbnail(rgb, height),
+                            params=(cv2.IMWRITE_JPEG_QUALITY, _THUMB_QUALITY))
+                full = href("full", entry.stem, f"{name}.png")
+                links.append(f'<a href="{full}">{html.escape(label)}</a>')
+                shown.append(Shown(label, href("thumbs", entry.stem, f"{name}.jpg"), full,
+                                   rgb.shape[1], rgb.shape[0]))
+            maps = any(is_weight_map(label) for label, _ in entry.panels)
+            if maps and not (tmp / COLOUR_BAR).exists():
+                write_image(tmp / COLOUR_BAR, colour_bar(480))
+            parts = [f'<section id="{html.escape(entry.stem, quote=True)}"><h2>{html.escape(entry.stem)}</h2>',
+                     viewer_row(entry.stem, shown, height, crop, maps),
+                     f'<p class="note">full resolution: {" · ".join(links)} · contact sheet: '
+                     f'<a href="{href("sheets", entry.stem + ".jpg")}">{html.escape(entry.stem)}.jpg</a></p>']
+            if crop is not None:
                 zoom = contact_sheet(entry.panels, height, columns, crop=crop)
                 write_image(tmp / "crops" / f"{entry.stem}.png", zoom)
                 parts.append(f'<p class="note">crop x={x} y={y} w={cw} h={ch}</p>'
-                             f'<img src="{_href("crops", entry.stem + ".png")}" alt="{html.escape(entry.stem)} crops">')
+                             f'<img src="{href("crops", entry.stem + ".png")}" alt="{html.escape(entry.stem)} crops">')
             if entry.metrics:
-                parts.append(_metric_table(entry.metrics))
+                parts.append(metric_table(entry.metrics))
             parts.append("</section>")
             sections.append("".join(parts))
 
@@ -342,15 +333,18 @@ def write_report(out: str | os.PathLike, entries: Iterable[ReportEntry], *,
             head.append(f'<table class="provenance"><tbody>{rows}</tbody></table>')
         head += [f'<p class="note">{html.escape(n)}</p>' for n in notes]
         if summary:
-            head.append(_metric_table({m: b["mean"] for m, b in summary.items()}, "mean over images",
-                                      {m: len(b["per_image"]) for m, b in summary.items()}))
+            head.append(metric_table({m: b["mean"] for m, b in summary.items()}, "mean over images",
+                                     {m: len(b["per_image"]) for m, b in summary.items()}))
             head.append('<p class="note">values: <a href="metrics.json">metrics.json</a>, '
                         '<a href="metrics.csv">metrics.csv</a></p>')
             (tmp / "metrics.json").write_text(json.dumps({"methods": summary}, indent=2) + "\n")
             (tmp / "metrics.csv").write_text(csv_text(summary))
+        if sections:
+            head.append(f'<p class="note">{html.escape(HOW_TO)}</p>')
         page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
-                + "\n".join(head) + "\n" + "\n".join(sections) + "\n</body></html>\n")
+                f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n"
+                + "\n".join(head) + "\n" + "\n".join(sections)
+                + f"\n<script>{viewer_script()}</script>\n</body></html>\n")
         (tmp / "index.html").write_text(page, encoding="utf-8")
         (tmp / MARKER).write_text("written by tdfusion report; this folder may be replaced by the next run\n")
         _swap_into_place(tmp, out)

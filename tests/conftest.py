@@ -36,3 +36,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def train_tiny_recon(out: Path, size: tuple[int, int]) -> Path:
+    """A one-epoch recon run on ``size`` synthetic scenes with 4-channel networks, whose
+    sample panels are the whole images (``task_size`` null) shown 32 px high; returns ``out``."""
+    from tdfusion.cli import main
+
+    overrides = ["train.device=cpu", "fusion.dim=4", "fusion.num_blocks=1", "fusion.heads=2", "lossgen.dim=4",
+                 "lossgen.num_blocks=1", "lossgen.heads=2", "dataset.options.length=2",
+                 f"dataset.options.size=[{size[0]},{size[1]}]", "data.crop_size=32", "data.task_size=null",
+                 "train.meta_steps=1", "train.fusion_steps=1", "run.samples=2", "run.eval_limit=1"]
+    assert main(["train", "--task", "recon", "--dataset", "synthetic", "--out", str(out), "--epochs", "1",
+                 *overrides]) == 0
+    return out
