@@ -28,9 +28,10 @@ when the inputs had a channel axis).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -198,17 +199,26 @@ class Fuser:
         normalize: ``"minmax"`` (default, as ``tdfusion fuse``) or ``"none"``.
         gray: return only the fused luminance, even when a source has colour.
         max_memory, chunk_rows: bound the network's memory (see ``tdfusion fuse``).
+        precision: the fusion network's arithmetic, as ``tdfusion fuse --precision``:
+            ``"float32"`` (default), ``"bfloat16"`` (CPU or GPU) or ``"float16"`` (CUDA
+            only). The network is converted in place.
+        threads: at most this many CPU threads while fusing, as ``tdfusion fuse --threads``
+            (applied with :func:`tdfusion.device.set_threads` for each call, and the previous
+            thread counts restored after it; None: leave them as they are).
         source: the checkpoint path the networks came from (for provenance).
     """
 
     def __init__(self, net, lossgen=None, *, normalize: str = "minmax", gray: bool = False,
                  max_memory: int | str | None = None, chunk_rows: int | None = None,
+                 precision: str = "float32", threads: int | None = None,
                  source: str | os.PathLike | None = None):
         if normalize not in ("minmax", "none"):
             raise TDFusionError(f"normalize={normalize!r}: expected 'minmax' or 'none'")
-        self.net, self.lossgen = net, lossgen
+        _check_options(precision, threads, next(net.parameters()).device)
+        self.net, self.lossgen = _with_precision(net, precision), lossgen
         self.normalize, self.gray = normalize, gray
         self.max_memory, self.chunk_rows = max_memory, chunk_rows
+        self.precision, self.threads = precision, threads
         self.source = None if source is None else str(source)
 
     @classmethod
@@ -216,12 +226,13 @@ class Fuser:
         """Load a published model by name (``tdfusion.hub.MODELS``: ``"refusion-ivif"``...,
         downloaded once into the cache) or a checkpoint file (``runs/x/last.pt``, a
         ``ReFusion_*.pth``). ``device``: ``"cpu"``, ``"cuda"``... (default: CUDA when
-        available). ``options``: see the class."""
+        available). ``options``: see the class (``precision=``, ``threads=``, ``gray=``...)."""
         from .checkpoint import load_checkpoint, load_module, build_fusion_net
         from .device import resolve_device
         from .hub import resolve_checkpoint
 
         dev = resolve_device(device)
+        _check_options(options.get("precision", "float32"), options.get("threads"), dev)  # before any download
         path = resolve_checkpoint(name_or_path)
         ckpt = load_checkpoint(path)
         net = build_fusion_net(ckpt, str(path)).to(dev).eval()
@@ -245,8 +256,9 @@ class Fuser:
         from .inference import fuse_images
 
         ia, ib, kind = self._pair(a, b)
-        _, out = fuse_images(self.net, ia, ib, normalize=self.normalize, gray=self.gray,
-                             max_memory=self.max_memory, chunk_rows=self.chunk_rows)
+        with _threads(self.threads):
+            _, out = fuse_images(self.net, ia, ib, normalize=self.normalize, gray=self.gray,
+                                 max_memory=self.max_memory, chunk_rows=self.chunk_rows)
         return _from_unit(out, kind)
 
     def weights(self, a: Any, b: Any) -> dict[str, Any]:
@@ -257,12 +269,57 @@ class Fuser:
             raise TDFusionError(f"{self.source or 'this checkpoint'}: holds no loss generator G (published "
                                 f"models hold only the fusion network; checkpoints of tdfusion train have G)")
         ia, ib, kind = self._pair(a, b)
-        maps = loss_weight_maps(self.lossgen, ia.pixels, ib.pixels)
+        with _threads(self.threads):
+            maps = loss_weight_maps(self.lossgen, ia.pixels, ib.pixels)
         if kind.container != "torch":
             return maps
         import torch
 
         return {k: torch.from_numpy(v).to(kind.device) for k, v in maps.items()}
+
+
+def _check_options(precision: str, threads: int | None, device) -> None:
+    """The checks ``tdfusion fuse`` makes of ``--precision`` and ``--threads``, as API errors."""
+    from .commands import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise TDFusionError(f"precision={precision!r}: expected one of {', '.join(map(repr, PRECISIONS))}")
+    if precision == "float16" and getattr(device, "type", str(device)) != "cuda":
+        raise TDFusionError("precision='float16' needs a CUDA device; use 'bfloat16' on CPU")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise TDFusionError(f"threads={threads!r}: expected a whole number of at least 1, or None")
+
+
+def _with_precision(net, precision: str):
+    """``net`` in the precision's dtype, as ``tdfusion fuse --precision`` loads it."""
+    import torch
+
+    return net.to(getattr(torch, precision))
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """``tdfusion fuse --threads n`` (:func:`tdfusion.device.set_threads`) inside the block;
+    torch's and OpenCV's thread counts and ``OMP_NUM_THREADS`` as they were after it."""
+    if n is None:
+        yield
+        return
+    import cv2
+    import torch
+
+    from .device import set_threads
+
+    before = torch.get_num_threads(), cv2.getNumThreads(), os.environ.get("OMP_NUM_THREADS")
+    set_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+        if before[2] is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before[2]
 
 
 def loss_weight_maps(lossgen, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ from typing import Sequence
 from ..errors import TDFusionError
 
 __all__ = ["add_input_arguments", "add_source_arguments", "compute_metrics", "config_for", "folder_names",
-           "method_inputs"]
+           "method_inputs", "metric_workers", "planned_jobs"]
 
 
 # -- eval and compare ------------------------------------------------------------------
@@ -80,24 +80,62 @@ def method_inputs(fused: Sequence[str], names: Sequence[str] | None) -> list:
     return out
 
 
-def compute_metrics(args: argparse.Namespace, description: str = "metrics") -> dict:
-    """Validate the inputs, then score every image with a progress bar; returns the results."""
-    from ..metrics.evaluate import mean_metrics
-    from ..metrics.folders import evaluate_jobs, plan_jobs
-    from ..progress import progress_bar
+#: ``--workers`` of ``metrics`` and ``report`` (see :func:`metric_workers`).
+WORKERS_HELP = ("worker processes, one thread each (default: --threads N when given, else the number of CPUs; "
+                "never more than --threads; 1 = no subprocesses)")
+
+
+def metric_workers(args: argparse.Namespace) -> int | None:
+    """Worker processes of ``metrics``/``report``: ``--workers``, by default ``--threads``
+    (None, every CPU, when neither is given); never more than ``--threads``, the CPU budget
+    the user gave (each worker runs on one thread)."""
+    workers, threads = getattr(args, "workers", None), getattr(args, "threads", None)
+    if threads is None:
+        return workers
+    if workers is None:
+        return threads
+    if workers > threads:
+        print(f"note: --workers {workers} lowered to --threads {threads}")
+        return threads
+    return workers
+
+
+def planned_jobs(args: argparse.Namespace) -> list:
+    """The checked jobs of ``metrics``/``report`` (:func:`~tdfusion.metrics.folders.plan_jobs`),
+    after one note line per method on the fused images it lacks (``--allow-missing``) and
+    on those it holds beyond the ones the sources name (not scored)."""
+    from ..metrics.folders import plan_jobs
 
     methods = method_inputs(args.fused, args.names)
     missing: list[tuple[str, str]] | None = [] if getattr(args, "allow_missing", False) else None
-    jobs = plan_jobs(args.a, args.b, methods, missing=missing)
+    ignored: list[tuple[str, Path]] = []
+    jobs = plan_jobs(args.a, args.b, methods, missing=missing, ignored=ignored)
+    for method in dict.fromkeys(m for m, _ in ignored):
+        extra = [p for m, p in ignored if m == method]
+        path = next(m.path for m in methods if m.name == method)
+        print(f"note: {method}: {len(extra)} fused image(s) in {path} have no source pair and were ignored "
+              f"(e.g. {extra[0].name})")
     for method in dict.fromkeys(m for m, _ in missing or []):
         stems = [s for m, s in missing if m == method]
         shown = ", ".join(stems[:10]) + (f" and {len(stems) - 10} more" if len(stems) > 10 else "")
         print(f"note: {method}: {len(stems)} fused image(s) missing, scored without them: {shown}")
+    return jobs
+
+
+def compute_metrics(args: argparse.Namespace, description: str = "metrics", jobs: list | None = None) -> dict:
+    """Validate the inputs (unless ``jobs`` were planned already: :func:`planned_jobs`), then
+    score every image with a progress bar; returns the results."""
+    from ..metrics.evaluate import mean_metrics
+    from ..metrics.folders import evaluate_jobs
+    from ..progress import progress_bar
+
+    if jobs is None:
+        jobs = planned_jobs(args)
     if not jobs:
         raise TDFusionError("no fused image to score")
     show = not getattr(args, "quiet", False) and len(jobs) > 1
     with progress_bar(len(jobs), description, enabled=show) as advance:
-        per_method = evaluate_jobs(jobs, args.workers, "sum" if args.vif_sum else "mean",
+        per_method = evaluate_jobs(jobs, metric_workers(args), "sum" if args.vif_sum else "mean",
                                    on_done=lambda job: advance())
     return {name: {"mean": mean_metrics(per_image), "per_image": per_image}
             for name, per_image in per_method.items()}

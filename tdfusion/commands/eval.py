@@ -21,8 +21,10 @@ network on its fused images, so it favours that checkpoint. Sources: its fused i
 (ir, vis) unless --no-baselines, and each --fused folder (<dir>/test/<stem>.* or
 <dir>/<stem>.*). All are resized to the task input size; targets stay at native
 resolution. JSON: "protocol": "checkpoint-task-network", the first source's metrics at
-the top level, every source under "sources". To compare fusion methods on a task,
-retrain the task network per source: tdfusion compare.
+the top level, every source under "sources". CSV: one row per source, the same protocol
+in a column; every column (psnr_a, psnr_b, per_class.<class>.IoU, ...) is explained in
+docs/evaluation.md. To compare fusion methods on a task, retrain the task network per
+source: tdfusion compare.
 """
 
 
@@ -50,7 +52,7 @@ def emit(results: dict, args: argparse.Namespace, title: str, extra: dict | None
     if args.json:
         write_json(args.json, results, primary, extra)
     if args.csv:
-        write_csv(args.csv, results)
+        write_csv(args.csv, results, (extra or {}).get("protocol"))
 
 
 def run(args: argparse.Namespace) -> int:

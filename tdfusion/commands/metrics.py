@@ -13,7 +13,7 @@ from ..errors import TDFusionError
 from ..metrics.evaluate import METRIC_NAMES
 from ..metrics.folders import write_csv, write_json
 from . import SUMMARY
-from .common import add_input_arguments, compute_metrics
+from .common import WORKERS_HELP, add_input_arguments, compute_metrics
 
 EPILOG = """\
 examples:
@@ -22,6 +22,8 @@ examples:
   tdfusion metrics --a ir.png --b vis.png --fused fused.png
 
 Images are matched by file stem (ir/00001.png <-> vis/00001.jpg <-> ours/00001.png).
+A fused folder may hold more images than the sources name: only those are scored, and a
+note says how many others were ignored; one missing is an error unless --allow-missing.
 Colour images are scored on their luminance (OpenCV RGB->GRAY, rounded to 8 bits).
 All metrics are higher-is-better; the best mean per column is highlighted.
 Conventions and references: docs/metrics.md.
@@ -38,8 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", metavar="PATH", help="write per-image and mean values as CSV")
     p.add_argument("--vif-sum", action="store_true",
                    help="VIF as the SUM over the two sources (CDDFuse's script) instead of the mean")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes (default: the number of CPUs; 1 = no subprocesses)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help=WORKERS_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     p.add_argument("--device", default=None, metavar="DEV",
                    help="accepted like every tdfusion command; the metrics themselves run on the "

@@ -9,11 +9,11 @@ import numpy as np
 
 from ..errors import TDFusionError
 from ..io import read_image
-from ..metrics.folders import Job, plan_jobs
+from ..metrics.folders import Job
 from ..progress import progress_bar
 from ..report import ReportEntry, check_destination, provenance, write_report
 from . import SUMMARY
-from .common import add_input_arguments, compute_metrics, method_inputs
+from .common import WORKERS_HELP, add_input_arguments, compute_metrics, planned_jobs
 
 EPILOG = """\
 examples:
@@ -44,8 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--columns", type=int, default=4, metavar="N", help="panels per sheet row (default 4)")
     p.add_argument("--no-metrics", action="store_true", help="images only, no metric tables")
     p.add_argument("--vif-sum", action="store_true", help="VIF summed over the two sources (see tdfusion metrics)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="processes for the metrics (default: the number of CPUs)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help=WORKERS_HELP)
     p.add_argument("--title", default="tdfusion report", help="page title")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--device", default=None, metavar="DEV",
@@ -108,15 +107,16 @@ def run(args: argparse.Namespace) -> int:
     if args.columns < 1:
         raise TDFusionError(f"--columns {args.columns}: must be at least 1")
     out = check_destination(args.out)
-    jobs = plan_jobs(args.a, args.b, method_inputs(args.fused, args.names),
-                     missing=[] if args.allow_missing else None)
+    jobs = planned_jobs(args)
+    if not jobs:
+        raise TDFusionError("no fused image to show")
     if args.crop is not None:
         x, y, _, _ = args.crop
         h, w = read_image(jobs[0].a).size
         if x >= w or y >= h:
             raise TDFusionError(f"--crop {x},{y}: outside the {w}x{h} image {jobs[0].a}")
     weight_maps = _weight_map_fn(args.checkpoint, args.device) if args.checkpoint else None
-    results = None if args.no_metrics else compute_metrics(args, "metrics")
+    results = None if args.no_metrics else compute_metrics(args, "metrics", jobs)
     notes = ["Metrics on 8-bit luminance (OpenCV RGB->GRAY, rounded); all higher-is-better; "
              f"VIF {'summed' if args.vif_sum else 'averaged'} over the two sources. "
              "Definitions: docs/metrics.md of tdfusion."] if results else []

@@ -123,13 +123,15 @@ def _flatten(prefix: str, obj: Any, out: dict[str, Any]) -> None:
         out[prefix] = obj
 
 
-def write_csv(path: str | os.PathLike, results: dict[str, dict[str, Any]]) -> None:
-    """One row per source; nested entries (per class) flattened to dotted column names."""
+def write_csv(path: str | os.PathLike, results: dict[str, dict[str, Any]], protocol: str | None = None) -> None:
+    """One row per source; nested entries (per class) flattened to dotted column names;
+    ``protocol`` (the JSON's ``"protocol"``) repeated in a column after ``source``.
+    Columns: docs/evaluation.md."""
     rows = []
     for name, metrics in results.items():
         flat: dict[str, Any] = {}
         _flatten("", metrics, flat)
-        rows.append({"source": name, **flat})
+        rows.append({"source": name, **({"protocol": protocol} if protocol else {}), **flat})
     _write_rows(path, rows)
 
 
@@ -214,8 +216,10 @@ def print_summary_table(payload: dict[str, Any], title: str) -> None:
 def write_summary_csv(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """One row per (source, fusion run, seed) run, one ``mean`` and one ``std`` row per
     source, and for each source but the baseline its paired differences (``paired mean``,
-    ``paired std``)."""
+    ``paired std``); the payload's ``protocol`` in a column after ``row``. Columns:
+    docs/evaluation.md."""
     diffs = (payload.get("paired") or {}).get("sources", {})
+    protocol = {"protocol": payload["protocol"]} if payload.get("protocol") else {}
     rows = []
     for name, s in payload["sources"].items():
         for run in s["runs"]:
@@ -224,10 +228,10 @@ def write_summary_csv(path: str | os.PathLike, payload: dict[str, Any]) -> None:
             label = f"seed {run.get('seed')}"
             if len(s.get("fusion_runs") or []) > 1:
                 label = f"fusion run {run.get('fusion_run')} {label}"
-            rows.append({"source": name, "row": label, **flat})
-        rows.append({"source": name, "row": "mean", **s["mean"]})
-        rows.append({"source": name, "row": "std", **s["std"]})
+            rows.append({"source": name, "row": label, **protocol, **flat})
+        rows.append({"source": name, "row": "mean", **protocol, **s["mean"]})
+        rows.append({"source": name, "row": "std", **protocol, **s["std"]})
         if name in diffs:
-            rows.append({"source": name, "row": "paired mean", **diffs[name]["mean"]})
-            rows.append({"source": name, "row": "paired std", **diffs[name]["std"]})
+            rows.append({"source": name, "row": "paired mean", **protocol, **diffs[name]["mean"]})
+            rows.append({"source": name, "row": "paired std", **protocol, **diffs[name]["std"]})
     _write_rows(path, rows)

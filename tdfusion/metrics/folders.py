@@ -54,13 +54,18 @@ def _size_text(size: tuple[int, int]) -> str:
 
 
 def plan_jobs(a: str | os.PathLike, b: str | os.PathLike, methods: Sequence[MethodInput],
-              check_sizes: bool = True, missing: list[tuple[str, str]] | None = None) -> list[Job]:
+              check_sizes: bool = True, missing: list[tuple[str, str]] | None = None,
+              ignored: list[tuple[str, Path]] | None = None) -> list[Job]:
     """Pair sources by stem with every method's fused images and validate the lot.
 
     ``a``/``b`` are two folders (images matched by stem) or two files; in the latter
     case every method's path must be a file too. Raises :class:`TDFusionError` naming the
-    offending file for: a missing partner on either side, a fused image without sources,
-    an unreadable image, a size mismatch, or two methods with the same name.
+    offending file for: a missing partner on either side, a missing fused image, an
+    unreadable image, a size mismatch, or two methods with the same name.
+
+    A fused folder may hold more images than the sources name (results on a whole test
+    set, sources a subset): only the images the sources name are scored; the others are
+    appended as ``(method, path)`` to ``ignored`` when given.
 
     ``missing``: a list to collect ``(method, stem)`` of the fused images a method lacks
     instead of failing (``tdfusion metrics --allow-missing``); each method is then scored
@@ -100,9 +105,8 @@ def plan_jobs(a: str | os.PathLike, b: str | os.PathLike, methods: Sequence[Meth
                 raise TDFusionError(f"{path}: no such folder")
             fused = list_images(path)
             stems = {s for s, _, _ in pairs}
-            for stem, p in fused.items():
-                if stem not in stems:
-                    raise TDFusionError(f"{p}: no source pair named {stem}.* in {a} and {b}")
+            if ignored is not None:
+                ignored.extend((m.name, p) for stem, p in fused.items() if stem not in stems)
         for stem, pa, pb in pairs:
             if stem not in fused:
                 if missing is None:
