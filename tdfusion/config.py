@@ -26,7 +26,7 @@ import yaml
 
 from .errors import TDFusionError
 
-__all__ = ["CONFIG_DIR", "FLAG_KEYS", "apply_overrides", "apply_preset", "find_recipe", "load_config", "merge",
+__all__ = ["CONFIG_DIR", "FLAG_KEYS", "apply_overrides", "apply_preset", "find_recipe", "load_config", "recipe_names", "merge",
            "preset_names", "resolve", "set_key", "validate", "with_new_keys"]
 
 #: Where the shipped configs live: the checkout's ``configs/``, installed as ``tdfusion/configs``.
@@ -191,6 +191,16 @@ def find_recipe(dataset: str, task: str | None) -> Path | None:
     return matches[0] if matches else None
 
 
+def recipe_names() -> list[str]:
+    """``DATASET/TASK`` of every shipped recipe (``--dataset DATASET --task TASK``)."""
+    names = []
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        recipe = _read_yaml(path).get("recipe") or {}
+        if recipe.get("dataset"):
+            names.append(f"{recipe['dataset']}/{recipe.get('task', '?')}")
+    return names
+
+
 #: Command-line flags that set a config key (``--epochs 3`` is ``train.epochs=3``).
 FLAG_KEYS = {"task": "task.name", "data_root": "dataset.root", "out": "run.out", "device": "train.device",
              "epochs": "train.epochs", "task_weights": "task.weights", "trust_weights": "task.trust_weights",
@@ -241,10 +251,25 @@ def resolve(config: str | os.PathLike | None = None, *, dataset: str | None = No
     for flag, key in FLAG_KEYS.items():
         if flags.get(flag) is not None:
             set_key(cfg, key, flags[flag])
+    overrides = list(overrides)
     cfg = apply_overrides(cfg, overrides, schema)
     validate(cfg, schema)
+    # A saved run config is checked only when this call sets the key again: an earlier
+    # version let it through, and eval of that run should not stop on it.
+    if saved is None or config or flags.get("trust_weights") is not None or any(
+            str(o).split("=", 1)[0].strip() == "task.trust_weights" for o in overrides):
+        _check_trust_weights(cfg)
     import_plugins(cfg.get("imports"), source=f"{config or 'config'}: imports")
     return cfg
+
+
+def _check_trust_weights(cfg: dict) -> None:
+    """``task.trust_weights`` (``--trust-weights``) without a task weights file does nothing:
+    refused, not ignored."""
+    task = cfg.get("task") or {}
+    if task.get("trust_weights") and not task.get("weights"):
+        raise TDFusionError("--trust-weights (task.trust_weights: true) does nothing without a task weights file: "
+                            "it lets --task-weights (task.weights) of the det, seg and recon tasks be unpickled")
 
 
 #: Keys renamed since a run config could be saved: old dotted key -> new one.

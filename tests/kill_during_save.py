@@ -7,7 +7,6 @@ every checkpoint write passes (:meth:`tdfusion.training.callbacks.Callback.on_ch
 """
 from __future__ import annotations
 
-import functools
 import io
 import os
 import signal
@@ -45,5 +44,7 @@ class KillDuringSave(Callback):
 
 
 if __name__ == "__main__":
-    trainer.train = functools.partial(trainer.train, callbacks=[KillDuringSave(int(sys.argv[1]))])
+    # Every trainer the command builds gets the fault among its default callbacks.
+    defaults = trainer.default_callbacks
+    trainer.default_callbacks = lambda: [*defaults(), KillDuringSave(int(sys.argv[1]))]
     sys.exit(main(["train", *sys.argv[2:]]))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 from pathlib import Path
 
 from ..errors import TDFusionError
@@ -51,8 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "else the first checkpoint, else the first source)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="S",
                    help="train every source once per seed (default: train.seed); the table shows mean ± std")
-    p.add_argument("--preset", choices=("paper", "fast"), help="downstream regime preset (downstream.preset)")
-    p.add_argument("--epochs", type=int, default=None, metavar="N", help="task training epochs (downstream.epochs)")
+    p.add_argument("--preset", choices=("paper", "fast"),
+                   help="downstream regime preset (downstream.preset; default paper: the papers' 300 epochs at "
+                        "input 512, hours per training on a CPU, where the projected total is printed first; "
+                        "fast: a CPU-sized schedule)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="task training epochs (downstream.epochs; default: the preset's, paper 300, fast 40)")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the preset and the projected training time, then exit (after making the "
+                        "source folders, which the estimate trains on)")
     p.add_argument("--task-weights", metavar="PATH", help="local pretrained task weights (downstream.weights)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="trainings run at once, each on its share of the CPU threads (default 1)")
@@ -113,8 +122,19 @@ def run(args: argparse.Namespace) -> int:
         sources += [ImageSource("ir", "input", "a"), ImageSource("vis", "input", "b")]
     seeds = args.seeds if args.seeds is not None else [int(cfg["train"]["seed"])]
     task_cfg = {k: v for k, v in cfg["task"].items()}
-    payload = compare(task_cfg, settings, sources, train_set, test_set, seeds=seeds, device=str(device),
-                      work_dir=args.work_dir, jobs=args.jobs, limit=args.limit, baseline=args.baseline)
+    preset = section.get("preset") or "paper"
+    print(f"compare: downstream preset {preset}{'' if args.preset else ' (--preset not given)'}: "
+          f"{settings.epochs} epochs, batch {settings.batch_size}, input {settings.input_size}; "
+          f"{len(sources)} sources x {len(seeds)} seeds = {len(sources) * len(seeds)} trainings on {device}", flush=True)
+    estimate = args.estimate or (preset == "paper" and device.type == "cpu")
+    if estimate and preset == "paper" and device.type == "cpu":
+        print("  the paper preset is sized for a GPU: --preset fast is a CPU-sized schedule", flush=True)
+    with _stop_on_sigterm():
+        payload = compare(task_cfg, settings, sources, train_set, test_set, seeds=seeds, device=str(device),
+                          work_dir=args.work_dir, jobs=args.jobs, limit=args.limit, baseline=args.baseline,
+                          estimate=estimate, estimate_only=args.estimate)
+    if payload is None:  # --estimate
+        return 0
     payload.update({"task": task.name, "dataset": cfg["dataset"]["name"]})
     title = (f"{task.name} on {cfg['dataset']['name']}: task network retrained per source "
              f"({settings.epochs} epochs, preset {section.get('preset', 'paper')}, seeds {' '.join(map(str, seeds))})")
@@ -124,3 +144,17 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         write_summary_csv(args.csv, payload)
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """SIGTERM (a scheduler's kill, ``kill PID``) unwinds like Ctrl-C: the temporary source
+    folders are deleted and the worker trainings ended, nothing is left behind."""
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -37,24 +37,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="YAML", help="run config (default: the recipe for --dataset/--task)")
-    p.add_argument("--task", metavar="NAME", help="downstream task: recon, seg, det (task.name)")
+    p.add_argument("--task", metavar="NAME", help="downstream task: recon, seg, det (task.name; default: the "
+                                                   "recipe's)")
     p.add_argument("--dataset", metavar="NAME", help="dataset or recipe name, e.g. synthetic, msrs, fmb, m3fd, "
-                                                      "llvip, msrs_det, ivif, mif, mfif, meif (dataset.name)")
+                                                      "llvip, msrs_det, ivif, mif, mfif, meif (dataset.name); "
+                                                      "required unless --config or --resume names the run")
     p.add_argument("--data-root", metavar="DIR", help="dataset root folder (dataset.root)")
     p.add_argument("--out", metavar="DIR", help="run folder (run.out; default runs/<dataset>_<task>)")
     p.add_argument("--device", metavar="DEV", help="cuda, cuda:1, cpu (train.device; default: cuda when available)")
-    p.add_argument("--epochs", type=int, metavar="N", help="number of epochs (train.epochs)")
+    p.add_argument("--epochs", type=int, metavar="N", help="number of epochs (train.epochs; default: the "
+                                                            "recipe's, e.g. 40 for the papers' recipes)")
     p.add_argument("--task-weights", metavar="PATH", help="local weights for the task network (task.weights)")
     p.add_argument("--preset", metavar="NAME",
                    help="lay a preset over the recipe: official = the released TDFusion code's choices "
                         "(configs/presets/, docs/fidelity.md)")
     p.add_argument("--trust-weights", action="store_true", default=None,
-                   help="let --task-weights be a pickled ultralytics checkpoint: unpickling can run any code "
-                        "the file carries, so only for files you trust (task.trust_weights)")
+                   help="let --task-weights be a pickled file (an ultralytics checkpoint for det, a pickled "
+                        "SegFormer for seg, recon's weights): unpickling can run any code the file carries, so "
+                        "only for files you trust (task.trust_weights)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic kernels: bit-identical CPU runs for a seed (train.deterministic)")
     p.add_argument("--resume", nargs="?", const="", metavar="PATH",
                    help="continue a run: a run folder or checkpoint (default: last.pt of --out)")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="start afresh in a run folder that holds a run, deleting that run's files (default: "
+                        "refuse, and say how to resume it)")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the run's expected wall time from a few measured steps of each phase "
+                        "(run.estimate_steps, at least 1) and exit; nothing is written")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.meta_steps=50")
 
 
@@ -85,39 +95,73 @@ def _resume_path(args: argparse.Namespace) -> Path:
     return path
 
 
-def run_dir_for(cfg: dict, resume_ckpt: Path | None) -> Path:
+def run_dir_for(cfg: dict, resume_ckpt: Path | None, exist_ok: bool = False) -> Path:
+    """The run folder. A folder that holds a run is refused (as ultralytics refuses an
+    existing name) unless ``exist_ok``: a new run never writes beside another's files."""
     if resume_ckpt is not None:  # continue in the checkpoint's folder, wherever it now is
         return resume_ckpt.parent
     if cfg["run"]["out"]:
-        base = Path(cfg["run"]["out"])
+        out = Path(cfg["run"]["out"])
     else:
         recipe = cfg.get("recipe") or {}
         name = recipe.get("dataset") or cfg["dataset"]["name"]
-        base = Path("runs") / f"{name}_{cfg['task']['name']}"
-    out, k = base, 2
-    while (out / run_folder.LAST).exists():  # never overwrite a finished or killed run
-        out = base.with_name(f"{base.name}_{k}")
-        k += 1
+        out = Path("runs") / f"{name}_{cfg['task']['name']}"
+    if (out / run_folder.LAST).exists() and not exist_ok:
+        state = "a finished run" if (out / run_folder.SUMMARY).exists() else "a stopped run"
+        raise TDFusionError(f"{out}: holds {state}; continue it with --resume {out}, start again in it with "
+                            "--exist-ok, or pick another --out")
     return out
+
+
+def require_recipe(args: argparse.Namespace) -> None:
+    """A run names what it trains: the base config alone is the papers' 40 x 200-step schedule
+    on the synthetic scenes, hours on a CPU, and nobody asked for it."""
+    if args.config or args.dataset or args.resume is not None:
+        return
+    if any(o.split("=", 1)[0].strip() == "dataset.name" for o in args.overrides):
+        return
+    from ..config import recipe_names
+
+    raise TDFusionError("train: name a recipe with --dataset (and --task) or give --config; recipes: "
+                        f"{', '.join(recipe_names())}; the quick one: --task recon --dataset synthetic "
+                        "(about a minute on 2 CPU cores)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..training import distributed
-    from ..training.trainer import train
+    from ..training.trainer import MetaTrainer
 
+    require_recipe(args)
     cfg, resume_ckpt = resolve_config(args)
+    if args.estimate:
+        return _estimate(cfg, resume_ckpt)
     topology, _ = distributed.setup(cfg["train"]["device"])  # joins torchrun's process group, if any
     try:
         # Rank 0 picks the folder (it alone writes there); the others follow it.
-        run_dir = distributed.broadcast_object(run_dir_for(cfg, resume_ckpt) if topology.rank == 0 else None)
+        run_dir = distributed.broadcast_object(
+            run_dir_for(cfg, resume_ckpt, args.exist_ok) if topology.rank == 0 else None)
+        trainer = MetaTrainer(cfg, run_dir, resume_ckpt)  # checks the task and data: nothing is named before
         if topology.rank == 0:
+            if args.exist_ok and resume_ckpt is None:
+                run_folder.clear_run(run_dir)
             where = f" on {topology.world_size} processes" if topology.distributed else ""
             print(f"run folder: {run_dir}{where}" + (f" (resuming from {resume_ckpt})" if resume_ckpt else ""))
-        summary = train(cfg, run_dir, resume_ckpt)
+        summary = trainer.fit()
         if topology.rank == 0:
             _print_summary(summary)
     finally:
         distributed.teardown()
+    return 0
+
+
+def _estimate(cfg: dict, resume_ckpt: Path | None) -> int:
+    """``--estimate``: the trainer is built (not its folder), a few steps timed and undone."""
+    from ..training.estimate import estimate_run
+    from ..training.trainer import MetaTrainer
+
+    steps = max(1, int(cfg["run"]["estimate_steps"] or 0))
+    trainer = MetaTrainer(cfg, Path(cfg["run"]["out"] or "."), resume_ckpt)
+    print(estimate_run(trainer, steps).describe(str(trainer.device), steps))
     return 0
 
 

@@ -39,12 +39,13 @@ from ..data.targets import resize_image
 from ..errors import TDFusionError
 from ..hostinfo import environment
 from ..io import atomic_write, to_integer, write_image
+from ..progress import clock
 from .results import jsonable
 from .statistics import mark_spread, paired_differences, summarize
 from .sources import fused_image_lookup
 
-__all__ = ["ImageSource", "HEADLINE_METRICS", "compare", "default_baseline", "materialize", "pool_runs",
-           "prepare_sources", "run_seeds"]
+__all__ = ["ImageSource", "HEADLINE_METRICS", "compare", "default_baseline", "estimate_trainings", "job_specs",
+           "materialize", "pool_runs", "prepare_sources", "run_seeds"]
 
 #: The metrics summarised per source (the first one names the best source).
 HEADLINE_METRICS = {"mask": ("mIoU", "mAcc", "pixel_acc"), "boxes": ("mAP50", "mAP75", "mAP50_95")}
@@ -175,19 +176,12 @@ def _safe(name: str) -> str:
 
 
 # -- 2. training per seed ----------------------------------------------------------------------------------------
-def _job(spec: dict[str, Any]) -> dict[str, Any]:
-    """One (source, seed) run; a top-level function so that worker processes can run it."""
-    import torch
-
+def _job_parts(spec: dict[str, Any]):
+    """The task, regime and the source folder's two splits of one (source, seed) run."""
     from ..tasks import build_task
-    from .downstream import evaluate_downstream, train_downstream
     from .downstream_settings import DownstreamSettings
     from .source_folder import SourceFolderDataset, balanced_class_weights
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    if spec.get("parent"):
-        _exit_with_parent(spec["parent"])
     settings = DownstreamSettings(**spec["settings"])
     train = SourceFolderDataset(spec["folder"], "train")
     test = SourceFolderDataset(spec["folder"], "test")
@@ -195,7 +189,20 @@ def _job(spec: dict[str, Any]) -> dict[str, Any]:
     if train.target_kind == "mask" and settings.class_weights is not None:
         task_cfg["class_weights"] = (balanced_class_weights(train) if settings.class_weights == "balanced"
                                      else list(settings.class_weights))
-    task = build_task(task_cfg, train)
+    return build_task(task_cfg, train), settings, train, test
+
+
+def _job(spec: dict[str, Any]) -> dict[str, Any]:
+    """One (source, seed) run; a top-level function so that worker processes can run it."""
+    import torch
+
+    from .downstream import evaluate_downstream, train_downstream
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    if spec.get("parent"):
+        _exit_with_parent(spec["parent"])
+    task, settings, train, test = _job_parts(spec)
     start = time.perf_counter()
     net = train_downstream(task, train, settings, seed=spec["seed"], device=spec["device"],
                            show_progress=spec["progress"], label=f"{spec['name']} (seed {spec['seed']})")
@@ -232,18 +239,7 @@ def run_seeds(task_cfg: dict, settings, folders: dict[str, Path], seeds: Sequenc
     share of the CPU threads (on a small CPU, two one-thread trainings finish sooner than
     two two-thread trainings one after the other).
     """
-    import torch
-
-    cfg = dict(task_cfg)
-    if settings.variant:
-        cfg["variant"] = settings.variant
-    if settings.weights:
-        cfg["weights"] = settings.weights
-    threads = _threads_per_job(jobs) if jobs > 1 else None
-    specs = [{"name": name, "folder": str(folder), "seed": int(seed), "task": cfg, "settings": asdict(settings),
-              "device": str(device), "limit": limit, "threads": threads, "progress": jobs == 1,
-              "parent": os.getpid() if jobs > 1 else None}
-             for name, folder in folders.items() for seed in seeds]
+    specs = job_specs(task_cfg, settings, folders, seeds, device=device, jobs=jobs, limit=limit)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in folders}
 
     def record(spec, out):
@@ -257,12 +253,71 @@ def run_seeds(task_cfg: dict, settings, folders: dict[str, Path], seeds: Sequenc
     else:
         import multiprocessing
 
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        try:
             for spec, out in zip(specs, pool.map(_job, specs)):
                 record(spec, out)
+        except BaseException:  # Ctrl-C, SIGTERM (tdfusion compare), a failed run: stop the other trainings now
+            _stop_workers(pool)
+            raise
+        pool.shutdown()
     for runs in results.values():
         runs.sort(key=lambda r: r["seed"])
     return results
+
+
+def job_specs(task_cfg: dict, settings, folders: dict[str, Path], seeds: Sequence[int], *, device: str,
+              jobs: int = 1, limit: int | None = None) -> list[dict[str, Any]]:
+    """One picklable description per (source, seed) training, in table order."""
+    cfg = dict(task_cfg)
+    if settings.variant:
+        cfg["variant"] = settings.variant
+    if settings.weights:
+        cfg["weights"] = settings.weights
+    threads = _threads_per_job(jobs) if jobs > 1 else None
+    return [{"name": name, "folder": str(folder), "seed": int(seed), "task": cfg, "settings": asdict(settings),
+             "device": str(device), "limit": limit, "threads": threads, "progress": jobs == 1,
+             "parent": os.getpid() if jobs > 1 else None}
+            for name, folder in folders.items() for seed in seeds]
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End a pool's trainings at once (``shutdown`` alone waits for the running ones)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+
+
+def estimate_trainings(spec: dict[str, Any], trainings: int, jobs: int) -> tuple[float, float, int]:
+    """Project the wall time of ``trainings`` downstream trainings like ``spec``'s, ``jobs``
+    at a time, from two timed iterations (after an untimed one) on this process with the
+    thread count each would have. ``(total seconds, seconds per iteration, iterations per
+    training)``; evaluation not counted."""
+    import torch
+
+    from .downstream import train_downstream
+    from .source_folder import TrainViews
+
+    task, settings, train, _ = _job_parts(spec)
+    previous = torch.get_num_threads()
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    try:
+        timings = []
+        for iterations in (1, 3):
+            start = time.perf_counter()
+            train_downstream(task, train, settings, seed=spec["seed"], device=spec["device"], show_progress=False,
+                             max_iterations=iterations)
+            timings.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    per_iteration = max(0.0, timings[1] - timings[0]) / 2
+    per_training = settings.epochs * len(TrainViews(train, settings, spec["seed"]))
+    return per_iteration * per_training * -(-trainings // max(1, jobs)), per_iteration, per_training
 
 
 # -- 3. summary --------------------------------------------------------------------------------------------------
@@ -293,12 +348,15 @@ def default_baseline(sources: Sequence[ImageSource]) -> str | None:
 
 def compare(task_cfg: dict, settings, sources: Sequence[ImageSource], train_set: PairDataset, test_set: PairDataset,
             *, seeds: Sequence[int], device: str, work_dir: str | os.PathLike | None = None, jobs: int = 1,
-            limit: int | None = None, baseline: str | None = None, log=print) -> dict[str, Any]:
+            limit: int | None = None, baseline: str | None = None, estimate: bool = False,
+            estimate_only: bool = False, log=print) -> dict[str, Any] | None:
     """The whole protocol; returns the JSON payload (``docs`` and README: its shape).
 
     ``sources`` may repeat a name (the fusion-training runs of one method): they are
     pooled (:func:`pool_runs`). ``baseline`` (default :func:`default_baseline`) is the
-    source every other is paired with (:func:`paired_differences`)."""
+    source every other is paired with (:func:`paired_differences`). ``estimate`` logs the
+    projected training time (:func:`estimate_trainings`) before the first training;
+    ``estimate_only`` returns None after it."""
     if not sources:
         raise TDFusionError("nothing to compare: give --checkpoint, --fused or keep the baselines")
     if not len(train_set) or not len(test_set):
@@ -313,6 +371,13 @@ def compare(task_cfg: dict, settings, sources: Sequence[ImageSource], train_set:
                             f"{', '.join(dict.fromkeys(s.name for s in sources))}")
     with tempfile.TemporaryDirectory(prefix="tdfusion-compare-") as tmp:
         folders = prepare_sources(sources, train_set, test_set, work_dir or tmp, device, log)
+        if estimate:
+            specs = job_specs(task_cfg, settings, folders, seeds, device=device, jobs=jobs, limit=limit)
+            total, per_iteration, per_training = estimate_trainings(specs[0], len(specs), jobs)
+            log(f"estimate: about {clock(total)} for the {len(specs)} trainings, {jobs} at a time "
+                f"({per_training} iterations each x {per_iteration:.3g} s, measured; scoring not counted)")
+            if estimate_only:
+                return None
         runs = run_seeds(task_cfg, settings, folders, seeds, device=device, jobs=jobs, limit=limit, log=log)
     pooled, fusion_runs = pool_runs(sources, runs)
     summary = {name: summarize(r, metrics) for name, r in pooled.items()}

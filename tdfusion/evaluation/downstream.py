@@ -56,10 +56,11 @@ def amp_precision(s: DownstreamSettings, device: torch.device) -> str:
 
 
 def train_downstream(task, data: SourceFolderDataset, s: DownstreamSettings, *, seed: int, device,
-                     show_progress: bool = True, label: str = "") -> nn.Module:
+                     show_progress: bool = True, label: str = "", max_iterations: int | None = None) -> nn.Module:
     """Train a fresh (or ``s.weights``-initialised) task network on one source's training split.
 
-    Returns the network to evaluate (the EMA copy when ``s.ema`` is set).
+    Returns the network to evaluate (the EMA copy when ``s.ema`` is set). ``max_iterations``
+    stops early (timing a few iterations: ``compare``'s estimate).
     """
     device = torch.device(device)
     seed_everything(seed)
@@ -82,6 +83,8 @@ def train_downstream(task, data: SourceFolderDataset, s: DownstreamSettings, *, 
         # the module's own tensors, updated in place by the optimiser (built once, not per step)
         params = {**dict(net.named_parameters()), **dict(net.named_buffers())}
         for epoch in range(s.epochs):
+            if max_iterations is not None and iteration >= max_iterations:
+                break
             for p in frozen:
                 p.requires_grad_(epoch >= s.freeze_epochs)
             for batch in views.epoch(epoch, device):
@@ -107,6 +110,8 @@ def train_downstream(task, data: SourceFolderDataset, s: DownstreamSettings, *, 
                     ema.update(net)
                 iteration += 1
                 advance(1, loss=float(loss.detach()))
+                if max_iterations is not None and iteration >= max_iterations:
+                    break
     final = ema.ema if ema is not None else net
     final.eval()
     return final

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["BEST", "CONFIG", "EVAL_LOG", "EVAL_LOG_CSV", "LAST", "REPORT", "SAMPLES", "SUMMARY", "TRAIN_LOG", "TRAIN_LOG_CSV",
-           "epoch_checkpoint", "epoch_sheet", "read_log", "step_checkpoint", "truncate_logs", "write_summary"]
+           "clear_run", "epoch_checkpoint", "epoch_sheet", "read_log", "step_checkpoint", "truncate_logs", "write_summary"]
 
 LAST = "last.pt"                  # latest full checkpoint (what --resume and tdfusion fuse take)
 BEST = "best.pt"                  # the epoch with the best task fitness
@@ -70,6 +70,19 @@ def truncate_logs(run_dir: Path, global_step: int, epoch: int) -> None:
                 continue  # a line cut by a kill
         with atomic_write(path, "w") as fh:
             fh.write("".join(line + "\n" for line in kept))
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete the files a run writes (the layout above) from ``run_dir``, and nothing else:
+    ``train --exist-ok`` starts afresh in a folder that held a run."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    names = [LAST, BEST, CONFIG, SUMMARY, TRAIN_LOG, TRAIN_LOG_CSV, EVAL_LOG, EVAL_LOG_CSV]
+    for path in [*(run_dir / n for n in names), *run_dir.glob("step_*.pt"), *run_dir.glob("epoch_*.pt")]:
+        path.unlink(missing_ok=True)
+    for folder in (SAMPLES, REPORT, "tensorboard"):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

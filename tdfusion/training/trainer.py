@@ -48,6 +48,7 @@ from . import distributed, run_folder
 from .batches import PHASES, Position, TrainViews, batches, loader, phase_keys, shard_batches
 from .callbacks import Callback, default_callbacks
 from .checks import check_finite, check_values
+from .estimate import print_estimate
 from .health import HealthStats, health_warnings
 from .modules import build_modules, build_splits, meta_gradient_function
 from .resume import note_world_change, read_resumable
@@ -325,6 +326,7 @@ class MetaTrainer:
                 self.loggers.truncate(self.pos.global_step, self.pos.epoch)
             for callback in self.callbacks:
                 callback.on_fit_start(self)
+        print_estimate(self)  # every process: the timed steps are collective under torchrun
         # SIGTERM too: schedulers (SLURM, Kubernetes) send it before killing a job.
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
