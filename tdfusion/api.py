@@ -205,15 +205,21 @@ class Fuser:
         threads: at most this many CPU threads while fusing, as ``tdfusion fuse --threads``
             (applied with :func:`tdfusion.device.set_threads` for each call, and the previous
             thread counts restored after it; None: leave them as they are).
+        batch: pairs of one size per network call when fusing lists, as ``tdfusion fuse
+            --batch`` (None, the default: 8 on GPU, one pair at a time through the banded
+            executor on CPU). The results do not depend on it.
         source: the checkpoint path the networks came from (for provenance).
     """
 
     def __init__(self, net, lossgen=None, *, normalize: str = "minmax", gray: bool = False,
                  max_memory: int | str | None = None, chunk_rows: int | None = None,
-                 precision: str = "float32", threads: int | None = None,
+                 precision: str = "float32", threads: int | None = None, batch: int | None = None,
                  source: str | os.PathLike | None = None):
         if normalize not in ("minmax", "none"):
             raise TDFusionError(f"normalize={normalize!r}: expected 'minmax' or 'none'")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise TDFusionError(f"batch={batch!r}: expected a whole number of at least 1, or None")
+        self.batch = batch
         _check_options(precision, threads, next(net.parameters()).device)
         self.net, self.lossgen = _with_precision(net, precision), lossgen
         self.normalize, self.gray = normalize, gray
@@ -252,9 +258,24 @@ class Fuser:
         return ia, ib, _result_kind(ka, kb)
 
     def __call__(self, a: Any, b: Any) -> Any:
-        """Fuse one pair; see the module docstring for the accepted inputs and the result."""
-        from .inference import fuse_images
+        """Fuse one pair, or two lists of sources pair by pair (a list of results, in
+        order; pairs of one size share network calls, ``batch``); see the module docstring
+        for the accepted inputs and the result."""
+        from .inference import fuse_image_groups, fuse_images
 
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            if len(a) != len(b):
+                raise TDFusionError(f"a and b: lists of {len(a)} and {len(b)} sources; pairs need equal lengths")
+            pairs = [self._pair(x, y) for x, y in zip(a, b)]
+            batch = self.batch if self.batch is not None else (8 if self.device.type == "cuda" else None)
+            out: list[Any] = [None] * len(pairs)
+            with _threads(self.threads):
+                for indices, results in fuse_image_groups(
+                        self.net, [(ia, ib) for ia, ib, _ in pairs], batch, normalize=self.normalize,
+                        gray=self.gray, max_memory=self.max_memory, chunk_rows=self.chunk_rows):
+                    for i, (_, fused) in zip(indices, results):
+                        out[i] = _from_unit(fused, pairs[i][2])
+            return out
         ia, ib, kind = self._pair(a, b)
         with _threads(self.threads):
             _, out = fuse_images(self.net, ia, ib, normalize=self.normalize, gray=self.gray,

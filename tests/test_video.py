@@ -155,8 +155,8 @@ def test_batched_frames_equal_frame_by_frame(checkpoint, clips):
     net, _ = load_fusion_net(checkpoint)
     frames = list(zip(open_stream(a).frames(), open_stream(b).frames()))
     args = argparse.Namespace(normalize="minmax", gray=False, max_memory=None, chunk_rows=None)
-    batched = fuse_cmd._fuse_frames(net, frames, args, batched=True)
-    single = fuse_cmd._fuse_frames(net, frames, args, batched=False)
+    batched = fuse_cmd._fuse_frames(net, frames, args, 8)   # one network call for the batch
+    single = fuse_cmd._fuse_frames(net, frames, args, None)  # frame by frame, banded
     assert len(batched) == len(single) == N
     for x, y in zip(batched, single):
         np.testing.assert_allclose(x, y, atol=2e-5)

@@ -7,8 +7,9 @@ from typing import Sequence
 
 from ..errors import TDFusionError
 
-__all__ = ["add_input_arguments", "add_source_arguments", "compute_metrics", "config_for", "folder_names",
-           "method_inputs", "metric_workers", "planned_jobs"]
+__all__ = ["add_input_arguments", "add_source_arguments", "batch_size", "check_memory", "check_pair_size",
+           "compute_metrics", "config_for", "done_line", "folder_names", "fused_groups", "load_net", "method_inputs",
+           "metric_workers", "planned_jobs", "refuse_video_options", "resized"]
 
 
 # -- eval and compare ------------------------------------------------------------------
@@ -139,3 +140,80 @@ def compute_metrics(args: argparse.Namespace, description: str = "metrics", jobs
                                    on_done=lambda job: advance())
     return {name: {"mean": mean_metrics(per_image), "per_image": per_image}
             for name, per_image in per_method.items()}
+
+
+# -- fuse: what its image and video paths share ---------------------------------------
+def check_pair_size(pa, pb, sa: tuple[int, int], sb: tuple[int, int], resize_b: bool) -> None:
+    if sa != sb and not resize_b:
+        raise TDFusionError(f"{pb}: size {sb[1]}x{sb[0]} differs from {pa} ({sa[1]}x{sa[0]}); "
+                            f"pass --resize-b to resample B")
+
+
+def check_memory(net, sized_paths, args: argparse.Namespace, device) -> None:
+    """Fail before writing anything if an image cannot fit --max-memory (or, on GPU, its free memory)."""
+    from ..nets.band_plan import plan_bands
+
+    if args.max_memory is None and args.chunk_rows is None and device.type != "cuda":
+        return
+    for path, (height, width) in sized_paths:
+        try:
+            plan_bands(net, height, width, args.chunk_rows, args.max_memory, device,
+                       next(net.parameters()).element_size())
+        except TDFusionError as exc:
+            raise TDFusionError(f"{path}: {exc}") from None
+
+
+def resized(img, size: tuple[int, int]):
+    import cv2
+    import numpy as np
+
+    from ..io import Image
+
+    h, w = size
+    shrink = img.size[0] * img.size[1] > h * w
+    pixels = cv2.resize(img.pixels, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    return Image(np.clip(pixels, 0.0, 1.0), img.bit_depth)
+
+
+def load_net(args: argparse.Namespace, device):
+    import torch
+
+    from ..checkpoint import load_fusion_net
+
+    net, _ = load_fusion_net(args.checkpoint, device)
+    return net.to(getattr(torch, args.precision))
+
+
+def done_line(what: str, count: int, seconds: float, out: Path, replaced: int, skipped: int) -> str:
+    rate = f" in {seconds:.1f} s ({count / seconds:.2f} {what}/s)" if count and seconds > 0 else ""
+    notes = [f"replaced {replaced} existing file(s)"] if replaced else []
+    notes += [f"skipped {skipped} existing (--skip-existing)"] if skipped else []
+    return f"fused {count} {what}{rate} into {out}" + (f"; {', '.join(notes)}" if notes else "")
+
+
+def refuse_video_options(args: argparse.Namespace, what: str) -> None:
+    """--crf and --lossless concern a video file; anywhere else they would do nothing."""
+    given = [flag for flag, on in (("--crf", args.crf is not None), ("--lossless", args.lossless)) if on]
+    if given:
+        raise TDFusionError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to a video file "
+                            f"--out (.mkv, .mp4, .webm...), not to {what}")
+
+
+def batch_size(args: argparse.Namespace, device) -> int | None:
+    """Pairs per network call: ``--batch``, by default 8 on GPU; None (one pair at a time
+    through the banded executor) by default on CPU, where it is the fastest path."""
+    if args.batch is not None:
+        if args.batch < 1:
+            raise TDFusionError(f"--batch {args.batch}: must be at least 1")
+        return args.batch
+    return 8 if device.type == "cuda" else None
+
+
+def fused_groups(net, frames, args: argparse.Namespace, batch: int | None):
+    """``(indices, [(raw, out)])`` per network call over decoded ``(a, b)`` pairs, B resampled
+    to A's size first where they differ (:func:`~tdfusion.inference.fuse_image_groups`)."""
+    from ..inference import fuse_image_groups
+
+    frames = [(a, b if b.size == a.size else resized(b, a.size)) for a, b in frames]
+    return fuse_image_groups(net, frames, batch, normalize=args.normalize, gray=args.gray,
+                             max_memory=args.max_memory, chunk_rows=args.chunk_rows)

@@ -68,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", metavar="DIR",
                    help="keep the source folders here (grey images, targets, and each checkpoint's fuse "
                         "outputs) instead of a temporary folder")
+    p.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="pairs per fusion call when a checkpoint's images are made, as tdfusion fuse --batch "
+                        "(default: 8 on GPU, one at a time on CPU; the images do not depend on it)")
     p.add_argument("--no-baselines", action="store_true", help="skip the ir-only and vis-only sources")
     add_source_arguments(p)
     p.set_defaults(func=run)
@@ -107,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
                               weights=args.task_weights)
     if args.jobs < 1:
         raise TDFusionError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.batch is not None and args.batch < 1:
+        raise TDFusionError(f"--batch {args.batch}: must be at least 1")
     device = resolve_device(args.device or cfg["train"]["device"])
     train_set, test_set = build_split(cfg, "train_split"), build_split(cfg, "test_split")
     if not len(train_set) or not len(test_set):
@@ -132,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     with _stop_on_sigterm():
         payload = compare(task_cfg, settings, sources, train_set, test_set, seeds=seeds, device=str(device),
                           work_dir=args.work_dir, jobs=args.jobs, limit=args.limit, baseline=args.baseline,
-                          estimate=estimate, estimate_only=args.estimate)
+                          estimate=estimate, estimate_only=args.estimate, batch=args.batch)
     if payload is None:  # --estimate
         return 0
     payload.update({"task": task.name, "dataset": cfg["dataset"]["name"]})

@@ -12,6 +12,8 @@ from pathlib import Path
 from ..errors import TDFusionError
 from ..hub import MODELS
 from . import PRECISIONS, SUMMARY
+from .common import (batch_size, check_memory, check_pair_size, done_line, fused_groups, load_net,
+                     refuse_video_options, resized)
 
 EPILOG = f"""\
 examples:
@@ -76,9 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "within 1e-4), bfloat16 (CPU or GPU) or float16 (GPU only): half the memory, "
                         "faster on GPUs, and about 2e-3 (bfloat16) off float32 "
                         "(tdfusion bench --bf16-error measures it)")
-    p.add_argument("--batch", type=int, default=8, metavar="N",
-                   help="video: frames per network call on GPU (default 8); on CPU frames go one at a "
-                        "time through the banded executor, as fast as batching there")
+    p.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="pairs (or video frames) of one size per network call (default: 8 on GPU, fewer when "
+                        "--max-memory or the free GPU memory would not hold them; on CPU one at a time through "
+                        "the banded executor, the fastest path there). Given on CPU, the batched path runs "
+                        "there too; its outputs do not depend on N")
     p.add_argument("--sync", choices=("exact", "shortest"), default="exact",
                    help="video: exact (default) stops with an error when the two streams have different "
                         "frame counts; shortest fuses the first N frames, N the shorter stream's count")
@@ -114,41 +118,9 @@ def _check_sizes(pairs, resize_b: bool) -> list[tuple[int, int]]:
         # would otherwise fail only mid-run, after other pairs were written. Decoding
         # costs little next to running the network.
         sa, sb = read_image(pa).size, read_image(pb).size
-        _check_pair_size(pa, pb, sa, sb, resize_b)
+        check_pair_size(pa, pb, sa, sb, resize_b)
         sizes.append(sa)
     return sizes
-
-
-def _check_pair_size(pa, pb, sa: tuple[int, int], sb: tuple[int, int], resize_b: bool) -> None:
-    if sa != sb and not resize_b:
-        raise TDFusionError(f"{pb}: size {sb[1]}x{sb[0]} differs from {pa} ({sa[1]}x{sa[0]}); "
-                            f"pass --resize-b to resample B")
-
-
-def _check_memory(net, sized_paths, args: argparse.Namespace, device) -> None:
-    """Fail before writing anything if an image cannot fit --max-memory (or, on GPU, its free memory)."""
-    from ..nets.band_plan import plan_bands
-
-    if args.max_memory is None and args.chunk_rows is None and device.type != "cuda":
-        return
-    for path, (height, width) in sized_paths:
-        try:
-            plan_bands(net, height, width, args.chunk_rows, args.max_memory, device,
-                       next(net.parameters()).element_size())
-        except TDFusionError as exc:
-            raise TDFusionError(f"{path}: {exc}") from None
-
-
-def _resized(img, size: tuple[int, int]):
-    import cv2
-    import numpy as np
-
-    from ..io import Image
-
-    h, w = size
-    shrink = img.size[0] * img.size[1] > h * w
-    pixels = cv2.resize(img.pixels, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-    return Image(np.clip(pixels, 0.0, 1.0), img.bit_depth)
 
 
 def _jobs(args: argparse.Namespace, device, count: int) -> int:
@@ -171,22 +143,13 @@ def _share_memory_bound(args: argparse.Namespace, jobs: int) -> argparse.Namespa
     return argparse.Namespace(**{**vars(args), "max_memory": parse_memory(args.max_memory) // jobs})
 
 
-def _load_net(args: argparse.Namespace, device):
-    import torch
-
-    from ..checkpoint import load_fusion_net
-
-    net, _ = load_fusion_net(args.checkpoint, device)
-    return net.to(getattr(torch, args.precision))
-
-
 def _fuse_pair(net, a, b, args: argparse.Namespace):
     """``(raw, out)`` of :func:`~tdfusion.inference.fuse_images` for two decoded images, B
     resampled to A's size first when they differ (sizes were checked against --resize-b)."""
     from ..inference import fuse_images
 
     if b.size != a.size:
-        b = _resized(b, a.size)
+        b = resized(b, a.size)
     return fuse_images(net, a, b, normalize=args.normalize, gray=args.gray,
                        max_memory=args.max_memory, chunk_rows=args.chunk_rows)
 
@@ -206,13 +169,6 @@ def _image_outputs(args: argparse.Namespace, pairs) -> list:
     return [out / f"{stem}.png" for stem, _, _ in pairs]
 
 
-def _done_line(what: str, count: int, seconds: float, out: Path, replaced: int, skipped: int) -> str:
-    rate = f" in {seconds:.1f} s ({count / seconds:.2f} {what}/s)" if count and seconds > 0 else ""
-    notes = [f"replaced {replaced} existing file(s)"] if replaced else []
-    notes += [f"skipped {skipped} existing (--skip-existing)"] if skipped else []
-    return f"fused {count} {what}{rate} into {out}" + (f"; {', '.join(notes)}" if notes else "")
-
-
 def run(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..video import is_video
@@ -224,24 +180,47 @@ def run(args: argparse.Namespace) -> int:
         # CPU kernels for float16 are slow or missing; bfloat16 is the CPU's half precision.
         raise TDFusionError("--precision float16 needs a CUDA device; use bfloat16 on CPU")
     if is_video(args.a) or is_video(args.b):
-        return _run_video(args, device)
-    _refuse_video_options(args, "image pairs, whose outputs are PNG files (lossless)")
+        return run_video(args, device)
+    refuse_video_options(args, "image pairs, whose outputs are PNG files (lossless)")
     return _run_images(args, device)
 
 
-def _refuse_video_options(args: argparse.Namespace, what: str) -> None:
-    """--crf and --lossless concern a video file; anywhere else they would do nothing."""
-    given = [flag for flag, on in (("--crf", args.crf is not None), ("--lossless", args.lossless)) if on]
-    if given:
-        raise TDFusionError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to a video file "
-                            f"--out (.mkv, .mp4, .webm...), not to {what}")
+def _run_image_batches(args: argparse.Namespace, net, todo, batch: int, skipped: int) -> int:
+    """Image pairs ``batch`` at a time per network call (pairs of one size together), in
+    groups of at most ``4 * batch`` decoded pairs: memory stays bounded for any folder."""
+    from ..io import read_image
+    from ..progress import progress_bar
+
+    replaced = sum(out.exists() for _, out in todo)
+    start = time.perf_counter()
+    with progress_bar(len(todo), "fusing") as advance:
+        for first in range(0, len(todo), 4 * batch):
+            group = todo[first:first + 4 * batch]
+            decoded = [(read_image(pa), read_image(pb)) for (_, pa, pb), _ in group]
+            for indices, results in fused_groups(net, decoded, args, batch):
+                for i, (raw, fused) in zip(indices, results):
+                    _write_outputs(args, group[i][1], decoded[i], raw, fused)
+                advance(len(indices))
+    print(done_line("pair(s)", len(todo), time.perf_counter() - start, Path(args.out), replaced, skipped))
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, out: Path, pair, raw, fused) -> None:
+    """The fused image (at the sources' bit depth) and, with --raw, the network's output."""
+    import numpy as np
+
+    from ..io import atomic_write, to_integer, write_image
+
+    a, b = pair
+    write_image(out, to_integer(fused, max(a.bit_depth, b.bit_depth)))
+    if args.raw:
+        with atomic_write(out.with_name(f"{out.stem}.raw.npy")) as fh:
+            np.save(fh, raw)
 
 
 def _run_images(args: argparse.Namespace, device) -> int:
-    import numpy as np
-
     from ..device import in_flight
-    from ..io import atomic_write, match_pairs, read_image, to_integer, write_image
+    from ..io import match_pairs, read_image
     from ..progress import progress_bar
 
     pairs = match_pairs(args.a, args.b)
@@ -249,13 +228,16 @@ def _run_images(args: argparse.Namespace, device) -> int:
     todo = [(pair, out) for pair, out in zip(pairs, outputs) if not (args.skip_existing and out.exists())]
     skipped = len(pairs) - len(todo)
     if not todo:
-        print(_done_line("pair(s)", 0, 0.0, Path(args.out), 0, skipped))
+        print(done_line("pair(s)", 0, 0.0, Path(args.out), 0, skipped))
         return 0
     sizes = _check_sizes([pair for pair, _ in todo], args.resize_b)
-    net = _load_net(args, device)
-    jobs = _jobs(args, device, len(todo))
+    batch = batch_size(args, device)
+    net = load_net(args, device)
+    jobs = 1 if batch is not None else _jobs(args, device, len(todo))
     args = _share_memory_bound(args, jobs)
-    _check_memory(net, [(pair[1], size) for (pair, _), size in zip(todo, sizes)], args, device)
+    check_memory(net, [(pair[1], size) for (pair, _), size in zip(todo, sizes)], args, device)
+    if batch is not None:
+        return _run_image_batches(args, net, todo, batch, skipped)
     replaced = sum(out.exists() for _, out in todo)
     start = time.perf_counter()
 
@@ -263,66 +245,41 @@ def _run_images(args: argparse.Namespace, device) -> int:
         (_, pa, pb), out = item
         a, b = read_image(pa), read_image(pb)
         raw, fused = _fuse_pair(net, a, b, args)
-        write_image(out, to_integer(fused, max(a.bit_depth, b.bit_depth)))
-        if args.raw:
-            with atomic_write(out.with_name(f"{out.stem}.raw.npy")) as fh:
-                np.save(fh, raw)
+        _write_outputs(args, out, (a, b), raw, fused)
 
     # A bar even for one pair: a large image takes seconds, and silence looks like a hang.
     with progress_bar(len(todo), "fusing") as advance:
         for _ in in_flight(fuse_one, todo, jobs):
             advance()
-    print(_done_line("pair(s)", len(todo), time.perf_counter() - start, Path(args.out), replaced, skipped))
+    print(done_line("pair(s)", len(todo), time.perf_counter() - start, Path(args.out), replaced, skipped))
     return 0
 
 
+# -- video ---------------------------------------------------------------------------
 def _video_plan(args: argparse.Namespace):
     """Open both streams and check them against each other before anything is computed."""
     from ..video import open_stream
 
     sa, sb = open_stream(args.a), open_stream(args.b)
-    _check_pair_size(sa.path, sb.path, sa.size, sb.size, args.resize_b)
+    check_pair_size(sa.path, sb.path, sa.size, sb.size, args.resize_b)
     if sa.count != sb.count and args.sync == "exact":
         raise TDFusionError(f"{sb.path}: {sb.count} frames, but {sa.path} has {sa.count}; pass --sync shortest "
                             f"to fuse the first {min(sa.count, sb.count)}")
-    if args.batch < 1:
-        raise TDFusionError(f"--batch {args.batch}: must be at least 1")
     if args.raw:
         raise TDFusionError("--raw is for image pairs, not video")
     return sa, sb, min(sa.count, sb.count)
 
 
-def _fuse_frames(net, frames, args: argparse.Namespace, batched: bool) -> list:
-    """Fused frames (float [0, 1]) of a batch of ``(a, b)`` decoded frames.
-
-    ``batched`` (on GPU): the batch is one network call. Otherwise (CPU) each frame goes
-    through the banded executor (:mod:`tdfusion.nets.banded`), which keeps the work in cache
-    and is as fast per frame as a batched call there.
-    """
-    import numpy as np
-    import torch
-
-    from ..colour import merge_luma, pair_chroma, split_luma
-    from ..inference import normalize_minmax
-
-    if not batched or len(frames) == 1:
-        return [_fuse_pair(net, a, b, args)[1] for a, b in frames]
-    frames = [(a, b if b.size == a.size else _resized(b, a.size)) for a, b in frames]
-    split = [(split_luma(a.pixels), split_luma(b.pixels)) for a, b in frames]
-    param = next(net.parameters())
-    ya = torch.from_numpy(np.stack([s[0][0] for s in split]))[:, None].to(param.device, param.dtype)
-    yb = torch.from_numpy(np.stack([s[1][0] for s in split]))[:, None].to(param.device, param.dtype)
-    with torch.inference_mode():
-        raw = net(ya, yb)[:, 0].float().cpu().numpy()
-    out = []
-    for y, ((_, ca), (_, cb)) in zip(raw, split):
-        y = normalize_minmax(y) if args.normalize == "minmax" else y
-        chroma = None if args.gray else pair_chroma(ca, cb)
-        out.append(y if chroma is None else merge_luma(y, chroma))
+def _fuse_frames(net, frames, args: argparse.Namespace, batch: int | None) -> list:
+    """Fused frames (float [0, 1]) of a list of ``(a, b)`` decoded frames, in order."""
+    out: list = [None] * len(frames)
+    for indices, results in fused_groups(net, frames, args, batch):
+        for i, (_, fused) in zip(indices, results):
+            out[i] = fused
     return out
 
 
-def _run_video(args: argparse.Namespace, device) -> int:
+def run_video(args: argparse.Namespace, device) -> int:
     import itertools
 
     from ..io import to_integer, write_image
@@ -342,26 +299,26 @@ def _run_video(args: argparse.Namespace, device) -> int:
         if fourcc is not None:
             check_quality(out, fourcc, args.crf, args.lossless, codec_given=args.codec is not None)
     else:
-        _refuse_video_options(args, "a folder of PNG frames (lossless)")
+        refuse_video_options(args, "a folder of PNG frames (lossless)")
     names = sa.names[:count]
     frame_paths = [] if to_video else [out / f"{name}.png" for name in names]
     if to_video and args.skip_existing and out.exists():
-        print(_done_line("frame(s)", 0, 0.0, out, 0, count))
+        print(done_line("frame(s)", 0, 0.0, out, 0, count))
         return 0
     keep = [not (args.skip_existing and p.exists()) for p in frame_paths] if not to_video else [True] * count
     replaced = int(to_video and out.exists()) + sum(p.exists() for p, k in zip(frame_paths, keep) if k)
-    net = _load_net(args, device)
-    _check_memory(net, [(sa.path, sa.size)], args, device)
+    net = load_net(args, device)
+    check_memory(net, [(sa.path, sa.size)], args, device)
     writer = (VideoWriter(out, args.fps or sa.fps or sb.fps or DEFAULT_FPS, sa.size, args.codec, args.crf,
                           args.lossless) if to_video else None)
-    batch = args.batch if device.type == "cuda" else 1
+    batch = batch_size(args, device)
     start, done = time.perf_counter(), 0
     try:
         with progress_bar(count, "fusing frames") as advance:
             frames = zip(range(count), sa.frames(), sb.frames())
-            while chunk := list(itertools.islice(frames, batch)):
+            while chunk := list(itertools.islice(frames, batch or 1)):
                 wanted = [(i, a, b) for i, a, b in chunk if keep[i]]
-                fused = _fuse_frames(net, [(a, b) for _, a, b in wanted], args, batch > 1) if wanted else []
+                fused = _fuse_frames(net, [(a, b) for _, a, b in wanted], args, batch) if wanted else []
                 for (i, a, b), pixels in zip(wanted, fused):
                     # Video containers hold 8-bit frames; frame folders keep 16-bit sources' depth.
                     if writer is not None:
@@ -376,6 +333,5 @@ def _run_video(args: argparse.Namespace, device) -> int:
         if writer is not None:
             writer.abort()  # nothing half-written under the final name
         raise
-    print(_done_line("frame(s)", done, time.perf_counter() - start, out, replaced, count - sum(keep)))
+    print(done_line("frame(s)", done, time.perf_counter() - start, out, replaced, count - sum(keep)))
     return 0
-

@@ -8,7 +8,7 @@ Every source goes through the same path (the fairness the protocol rests on):
    produces them (native resolution, min-max stretch, fused chroma, the file it would
    write), then read back like any ``--fused`` folder of another method.
 2. For each seed, a fresh task network is trained on the folder's training split with
-   the ``downstream:`` regime and scored on its test split.
+   the ``downstream:`` regime and scored on its test split (:mod:`.retraining`).
 3. Per source: the mean and standard deviation of each metric over its runs, and the
    *paired* differences to a baseline source (:mod:`.statistics`).
 
@@ -26,7 +26,6 @@ import json
 import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +40,7 @@ from ..hostinfo import environment
 from ..io import atomic_write, to_integer, write_image
 from ..progress import clock
 from .results import jsonable
+from .retraining import estimate_trainings, job_specs, run_seeds, threads_per_job
 from .statistics import mark_spread, paired_differences, summarize
 from .sources import fused_image_lookup
 
@@ -83,16 +83,21 @@ def with_fusion_runs(sources: Sequence[ImageSource]) -> list[ImageSource]:
 
 
 # -- 1. source folders -------------------------------------------------------------------------------------------
-def _fuse_like_the_cli(net, dataset: PairDataset, index: int, out: Path) -> Path:
-    """Write what ``tdfusion fuse`` writes for pair ``index`` (same function, same options)."""
-    from ..inference import fuse_images
+def _fuse_like_the_cli(net, dataset: PairDataset, indices: Sequence[int], batch: int | None) -> dict[int, Any]:
+    """What ``tdfusion fuse --batch`` makes of the pairs ``indices`` of ``dataset`` (same
+    functions, same options): ``{index: the 8/16-bit image it writes}``."""
+    from ..inference import fuse_image_groups
 
-    a, b = dataset.source_images(index)
-    if b.size != a.size:
-        raise TDFusionError(f"pair {index}: source sizes differ ({a.size} vs {b.size})")
-    _, fused = fuse_images(net, a, b, normalize="minmax")
-    write_image(out, to_integer(fused, max(a.bit_depth, b.bit_depth)), durable=False)
-    return out
+    pairs = [dataset.source_images(i) for i in indices]
+    for i, (a, b) in zip(indices, pairs):
+        if b.size != a.size:
+            raise TDFusionError(f"pair {i}: source sizes differ ({a.size} vs {b.size})")
+    made = {}
+    for chunk, results in fuse_image_groups(net, pairs, batch, normalize="minmax"):
+        for k, (_, fused) in zip(chunk, results):
+            a, b = pairs[k]
+            made[indices[k]] = to_integer(fused, max(a.bit_depth, b.bit_depth))
+    return made
 
 
 def _write_targets(sample, split_dir: Path) -> None:
@@ -107,8 +112,15 @@ def _write_targets(sample, split_dir: Path) -> None:
             format_yolo_labels(np.asarray(sample.target["boxes"], np.float32).reshape(-1, 5)))
 
 
-def materialize(source: ImageSource, splits: dict[str, PairDataset], folder: Path, device="cpu") -> Path:
-    """Write ``source`` as a source folder (module doc) for each split; returns ``folder``."""
+#: Pairs decoded and fused together when a checkpoint's source folder is made.
+FUSE_GROUP = 32
+
+
+def materialize(source: ImageSource, splits: dict[str, PairDataset], folder: Path, device="cpu",
+                batch: int | None = None) -> Path:
+    """Write ``source`` as a source folder (module doc) for each split; returns ``folder``.
+    A checkpoint's pairs are fused ``batch`` at a time (``tdfusion fuse --batch``; None:
+    one at a time through the banded executor)."""
     import torch
 
     net = None
@@ -124,16 +136,19 @@ def materialize(source: ImageSource, splits: dict[str, PairDataset], folder: Pat
         for sub in ("images", "masks" if meta["kind"] == "mask" else "labels"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         find = fused_image_lookup(Path(source.where)) if source.kind == "folder" else None
+        made: dict[int, Any] = {}
         for i in range(len(dataset)):
+            if net is not None and i not in made:  # the next group of pairs, fused together
+                with torch.inference_mode():
+                    made = _fuse_like_the_cli(net, dataset, range(i, min(i + FUSE_GROUP, len(dataset))), batch)
             sample = dataset[i]
             if source.kind == "input":
                 y = sample.a if source.where == "a" else sample.b
             elif source.kind == "folder":
                 y = luminance(find(sample.stem, split))
-            else:
-                with torch.inference_mode():
-                    fused = _fuse_like_the_cli(net, dataset, i, _fuse_path(out, sample.stem))
-                y = luminance(fused)
+            else:  # written as tdfusion fuse writes it, then read back like any --fused folder
+                write_image(_fuse_path(out, sample.stem), made.pop(i), durable=False)
+                y = luminance(_fuse_path(out, sample.stem))
             y = resize_image(y, sample.a.shape)  # another method may have written another size
             write_image(out / "images" / f"{sample.stem}.png", to_integer(y, 8), durable=False)
             _write_targets(sample, out)
@@ -149,9 +164,10 @@ def _fuse_path(split_dir: Path, stem: str) -> Path:
 
 
 def prepare_sources(sources: Sequence[ImageSource], train_set: PairDataset, test_set: PairDataset,
-                    work_dir: str | os.PathLike, device="cpu", log=print) -> dict[str, Path]:
+                    work_dir: str | os.PathLike, device="cpu", log=print, batch: int | None = None) -> dict[str, Path]:
     """Source folders of every source under ``work_dir/<label>``; ``{label: folder}``
-    (:attr:`ImageSource.label`: the name, with ``#k`` for a name's fusion run k > 0)."""
+    (:attr:`ImageSource.label`: the name, with ``#k`` for a name's fusion run k > 0).
+    ``batch``: pairs per fusion call for checkpoints (:func:`materialize`)."""
     labels = [s.label for s in sources]
     if len(set(labels)) != len(labels):
         raise TDFusionError(f"source names must be distinct: {' '.join(labels)}")
@@ -165,7 +181,7 @@ def prepare_sources(sources: Sequence[ImageSource], train_set: PairDataset, test
         folder = Path(work_dir) / _safe(s.label)
         if folder in folders.values():
             raise TDFusionError(f"source {s.label!r}: its folder name {folder.name!r} is another source's")
-        folders[s.label] = materialize(s, {"train": train_set, "test": test_set}, folder, device)
+        folders[s.label] = materialize(s, {"train": train_set, "test": test_set}, folder, device, batch)
         log(f"prepared source {s.label} ({len(train_set)} train + {len(test_set)} test images, "
             f"{time.perf_counter() - start:.1f} s)")
     return folders
@@ -173,151 +189,6 @@ def prepare_sources(sources: Sequence[ImageSource], train_set: PairDataset, test
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-# -- 2. training per seed ----------------------------------------------------------------------------------------
-def _job_parts(spec: dict[str, Any]):
-    """The task, regime and the source folder's two splits of one (source, seed) run."""
-    from ..tasks import build_task
-    from .downstream_settings import DownstreamSettings
-    from .source_folder import SourceFolderDataset, balanced_class_weights
-
-    settings = DownstreamSettings(**spec["settings"])
-    train = SourceFolderDataset(spec["folder"], "train")
-    test = SourceFolderDataset(spec["folder"], "test")
-    task_cfg = dict(spec["task"])
-    if train.target_kind == "mask" and settings.class_weights is not None:
-        task_cfg["class_weights"] = (balanced_class_weights(train) if settings.class_weights == "balanced"
-                                     else list(settings.class_weights))
-    return build_task(task_cfg, train), settings, train, test
-
-
-def _job(spec: dict[str, Any]) -> dict[str, Any]:
-    """One (source, seed) run; a top-level function so that worker processes can run it."""
-    import torch
-
-    from .downstream import evaluate_downstream, train_downstream
-
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    if spec.get("parent"):
-        _exit_with_parent(spec["parent"])
-    task, settings, train, test = _job_parts(spec)
-    start = time.perf_counter()
-    net = train_downstream(task, train, settings, seed=spec["seed"], device=spec["device"],
-                           show_progress=spec["progress"], label=f"{spec['name']} (seed {spec['seed']})")
-    metrics = evaluate_downstream(task, net, test, settings, spec["device"], spec.get("limit"))
-    return {"seed": spec["seed"], **jsonable(metrics), "train_seconds": round(time.perf_counter() - start, 1)}
-
-
-def _exit_with_parent(parent: int) -> None:
-    """In a worker process: exit when the process that started it is gone (killed), rather
-    than train on as an orphan."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(2.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _threads_per_job(jobs: int) -> int:
-    """CPU threads of each training: this process's, shared among ``jobs`` trainings at once.
-    The float arithmetic, hence the numbers, depends on it (docs/results.md)."""
-    import torch
-
-    return max(1, torch.get_num_threads() // max(1, jobs))
-
-
-def run_seeds(task_cfg: dict, settings, folders: dict[str, Path], seeds: Sequence[int], *, device: str,
-              jobs: int = 1, limit: int | None = None, log=print) -> dict[str, list[dict[str, Any]]]:
-    """Train and score every source with every seed; ``{name: [run metrics, ...]}``.
-
-    ``jobs > 1`` runs that many trainings at once in worker processes, each with an equal
-    share of the CPU threads (on a small CPU, two one-thread trainings finish sooner than
-    two two-thread trainings one after the other).
-    """
-    specs = job_specs(task_cfg, settings, folders, seeds, device=device, jobs=jobs, limit=limit)
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in folders}
-
-    def record(spec, out):
-        results[spec["name"]].append(out)
-        headline = ", ".join(f"{k} {v:.4f}" for k, v in out.items() if isinstance(v, float) and k != "train_seconds")
-        log(f"{spec['name']} seed {spec['seed']}: {headline} ({out['train_seconds']} s)")
-
-    if jobs <= 1:
-        for spec in specs:
-            record(spec, _job(spec))
-    else:
-        import multiprocessing
-
-        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            for spec, out in zip(specs, pool.map(_job, specs)):
-                record(spec, out)
-        except BaseException:  # Ctrl-C, SIGTERM (tdfusion compare), a failed run: stop the other trainings now
-            _stop_workers(pool)
-            raise
-        pool.shutdown()
-    for runs in results.values():
-        runs.sort(key=lambda r: r["seed"])
-    return results
-
-
-def job_specs(task_cfg: dict, settings, folders: dict[str, Path], seeds: Sequence[int], *, device: str,
-              jobs: int = 1, limit: int | None = None) -> list[dict[str, Any]]:
-    """One picklable description per (source, seed) training, in table order."""
-    cfg = dict(task_cfg)
-    if settings.variant:
-        cfg["variant"] = settings.variant
-    if settings.weights:
-        cfg["weights"] = settings.weights
-    threads = _threads_per_job(jobs) if jobs > 1 else None
-    return [{"name": name, "folder": str(folder), "seed": int(seed), "task": cfg, "settings": asdict(settings),
-             "device": str(device), "limit": limit, "threads": threads, "progress": jobs == 1,
-             "parent": os.getpid() if jobs > 1 else None}
-            for name, folder in folders.items() for seed in seeds]
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """End a pool's trainings at once (``shutdown`` alone waits for the running ones)."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
-    if terminate is not None:
-        terminate()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
-
-
-def estimate_trainings(spec: dict[str, Any], trainings: int, jobs: int) -> tuple[float, float, int]:
-    """Project the wall time of ``trainings`` downstream trainings like ``spec``'s, ``jobs``
-    at a time, from two timed iterations (after an untimed one) on this process with the
-    thread count each would have. ``(total seconds, seconds per iteration, iterations per
-    training)``; evaluation not counted."""
-    import torch
-
-    from .downstream import train_downstream
-    from .source_folder import TrainViews
-
-    task, settings, train, _ = _job_parts(spec)
-    previous = torch.get_num_threads()
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    try:
-        timings = []
-        for iterations in (1, 3):
-            start = time.perf_counter()
-            train_downstream(task, train, settings, seed=spec["seed"], device=spec["device"], show_progress=False,
-                             max_iterations=iterations)
-            timings.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
-    per_iteration = max(0.0, timings[1] - timings[0]) / 2
-    per_training = settings.epochs * len(TrainViews(train, settings, spec["seed"]))
-    return per_iteration * per_training * -(-trainings // max(1, jobs)), per_iteration, per_training
 
 
 # -- 3. summary --------------------------------------------------------------------------------------------------
@@ -349,14 +220,16 @@ def default_baseline(sources: Sequence[ImageSource]) -> str | None:
 def compare(task_cfg: dict, settings, sources: Sequence[ImageSource], train_set: PairDataset, test_set: PairDataset,
             *, seeds: Sequence[int], device: str, work_dir: str | os.PathLike | None = None, jobs: int = 1,
             limit: int | None = None, baseline: str | None = None, estimate: bool = False,
-            estimate_only: bool = False, log=print) -> dict[str, Any] | None:
+            estimate_only: bool = False, batch: int | None = None, log=print) -> dict[str, Any] | None:
     """The whole protocol; returns the JSON payload (``docs`` and README: its shape).
 
     ``sources`` may repeat a name (the fusion-training runs of one method): they are
     pooled (:func:`pool_runs`). ``baseline`` (default :func:`default_baseline`) is the
     source every other is paired with (:func:`paired_differences`). ``estimate`` logs the
     projected training time (:func:`estimate_trainings`) before the first training;
-    ``estimate_only`` returns None after it."""
+    ``estimate_only`` returns None after it. ``batch``: pairs per fusion call when a
+    checkpoint's images are made (default: 8 on GPU, one at a time through the banded
+    executor on CPU; the images do not depend on it)."""
     if not sources:
         raise TDFusionError("nothing to compare: give --checkpoint, --fused or keep the baselines")
     if not len(train_set) or not len(test_set):
@@ -370,7 +243,9 @@ def compare(task_cfg: dict, settings, sources: Sequence[ImageSource], train_set:
         raise TDFusionError(f"--baseline {baseline!r} is not one of the sources: "
                             f"{', '.join(dict.fromkeys(s.name for s in sources))}")
     with tempfile.TemporaryDirectory(prefix="tdfusion-compare-") as tmp:
-        folders = prepare_sources(sources, train_set, test_set, work_dir or tmp, device, log)
+        if batch is None and str(device).startswith("cuda"):
+            batch = 8
+        folders = prepare_sources(sources, train_set, test_set, work_dir or tmp, device, log, batch)
         if estimate:
             specs = job_specs(task_cfg, settings, folders, seeds, device=device, jobs=jobs, limit=limit)
             total, per_iteration, per_training = estimate_trainings(specs[0], len(specs), jobs)
@@ -387,7 +262,7 @@ def compare(task_cfg: dict, settings, sources: Sequence[ImageSource], train_set:
     first = next(iter(summary))
     payload = {**summary[first]["mean"], "source": first, "protocol": "retrain-per-source", "seeds": list(seeds),
                "metrics": list(metrics), "downstream": jsonable(asdict(settings)), "sources": summary,
-               "environment": {**environment(), "jobs": jobs, "threads_per_job": _threads_per_job(jobs)}}
+               "environment": {**environment(), "jobs": jobs, "threads_per_job": threads_per_job(jobs)}}
     if len(summary) > 1:
         payload["paired"] = paired_differences(summary, baseline, metrics)
     return payload

@@ -19,7 +19,7 @@ from ..errors import TDFusionError
 from .fusion import FusionNet
 
 __all__ = [
-    "DEFAULT_BAND_PIXELS", "GPU_MEMORY_SHARE", "BandPlan", "default_band_rows", "keep_freed_memory",
+    "DEFAULT_BAND_PIXELS", "GPU_MEMORY_SHARE", "BandPlan", "batch_that_fits", "default_band_rows", "keep_freed_memory",
     "parse_memory", "plan_bands", "resident_bytes", "workspace_bytes_per_row",
 ]
 
@@ -137,6 +137,24 @@ def plan_bands(net: FusionNet, height: int, width: int, band_rows: int | None = 
                     f"memory, {_fmt_bytes(free)} is free; use --device cpu (or free the GPU)")
             rows = min(rows, fits)
     return BandPlan(max(1, min(rows, height)), height, width, resident, per_row)
+
+
+def batch_that_fits(net: FusionNet, height: int, width: int, requested: int, max_memory: int | str | None = None,
+                    device: torch.device | str = "cpu", itemsize: int = 4) -> int:
+    """How many ``height x width`` pairs one plain forward call may take, at most ``requested``:
+    each holds its whole-image features and workspace (a band as tall as the image); the
+    bound is ``max_memory``, else on a GPU 80% of its free memory, else none. 0 when not
+    even one fits (the caller then bands the image)."""
+    per_pair = resident_bytes(net, height, width, itemsize) + workspace_bytes_per_row(net, width, itemsize) * (height + 4)
+    device = torch.device(device)
+    if max_memory is not None:
+        budget = parse_memory(max_memory)
+    elif device.type == "cuda":
+        free = _free_gpu_bytes(device)
+        budget = None if free is None else int(free * GPU_MEMORY_SHARE)
+    else:
+        budget = None
+    return max(1, int(requested)) if budget is None else min(max(1, int(requested)), budget // per_pair)
 
 
 #: Share of the GPU's free memory the default plan may use (the rest: allocator slack,
