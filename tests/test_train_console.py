@@ -93,3 +93,41 @@ def test_an_unknown_task_names_no_run_folder(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "run folder" not in captured.out and "segmentation" in captured.err
     assert not (tmp_path / "r2").exists()
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("train", {"--task": "recipe's", "--dataset": "required unless", "--epochs": "default: the recipe's"}),
+    ("compare", {"--preset": "default paper", "--epochs": "default: the preset's", "--batch": "default: 8 on GPU"}),
+])
+def test_help_states_the_defaults_of_the_long_run_options(command, flags):
+    import argparse
+
+    from tdfusion.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    helps = {o: a.help for a in sub._actions for o in a.option_strings}
+    for flag, words in flags.items():
+        assert words in " ".join(helps[flag].split()), (flag, helps[flag])
+
+
+def test_project_counts_the_steps_of_a_whole_run_by_hand():
+    from tdfusion.training.estimate import RunEstimate, project
+
+    measured = RunEstimate(2.0, 1.0, 0.5, 0, 0, 0, 0)
+    cfg = {"train": {"epochs": 3, "warmup_epochs": 1, "meta_steps": 10, "fusion_steps": None},
+           "data": {"batch_size": 2}, "run": {"eval_every": 1, "eval_limit": None}}
+    out = project(measured, cfg, train_pairs=9, test_pairs=7)
+    # meta: 2 epochs after the warm-up x 10; fusion: ceil(9 / 2) = 5 per epoch x 3; 3 evaluations of 7 pairs
+    assert (out.meta_steps, out.fusion_steps, out.evaluations, out.eval_pairs) == (20, 15, 3, 7)
+    assert out.total_seconds == 20 * 2.0 + 15 * 1.0 + 3 * 7 * 0.5
+
+
+def test_estimate_of_a_recipe_without_its_data_uses_a_stand_in(tmp_path, capsys):
+    small = ["fusion.dim=8", "fusion.num_blocks=1", "lossgen.dim=8", "lossgen.num_blocks=1", "run.estimate_steps=1"]
+    assert main(["train", "--dataset", "mif", "--data-root", str(tmp_path / "absent"), "--device", "cpu",
+                 "--estimate", *small]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic 256x256 stand-in" in out and "158 training and 50 test pairs" in out
+    # the recipe's own counts: 50 epochs x 600 meta iterations and x 1600 fusion steps, 50 evaluations of 50 pairs
+    assert "30000 meta iterations" in out and "80000 fusion steps" in out and "50 evaluations x 50 pairs" in out
+    assert not (tmp_path / "absent").exists()

@@ -155,13 +155,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _estimate(cfg: dict, resume_ckpt: Path | None) -> int:
-    """``--estimate``: the trainer is built (not its folder), a few steps timed and undone."""
-    from ..training.estimate import estimate_run
+    """``--estimate``: the trainer is built (not its folder), a few steps timed and undone.
+    Without the recipe's data, on stand-in images of its size, counted for its dataset."""
+    from ..training.estimate import estimate_run, project, stand_in_config
     from ..training.trainer import MetaTrainer
 
     steps = max(1, int(cfg["run"]["estimate_steps"] or 0))
-    trainer = MetaTrainer(cfg, Path(cfg["run"]["out"] or "."), resume_ckpt)
-    print(estimate_run(trainer, steps).describe(str(trainer.device), steps))
+    stand_in = stand_in_config(cfg) if resume_ckpt is None else None
+    trainer = MetaTrainer(stand_in or cfg, Path(cfg["run"]["out"] or "."), resume_ckpt)
+    estimate = estimate_run(trainer, steps)
+    if stand_in is not None:
+        recipe = cfg["recipe"]
+        (h, w), (train, test) = recipe["image_size"], recipe["pairs"]
+        print(f"no data at {cfg['dataset']['root'] or '(no --data-root)'}: timed on synthetic {w}x{h} stand-in "
+              f"images (decoding not timed), counted for {cfg['dataset']['name']}'s {train} training and "
+              f"{test} test pairs")
+        estimate = project(estimate, cfg, train, test)
+    print(estimate.describe(str(trainer.device), steps))
     return 0
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ..progress import clock
 
-__all__ = ["RunEstimate", "estimate_run", "print_estimate", "rolled_back"]
+__all__ = ["RunEstimate", "estimate_run", "print_estimate", "project", "rolled_back", "stand_in_config"]
 
 #: Test pairs timed for the evaluation's share; the time per pair is projected to the split.
 EVAL_PAIRS = 2
@@ -156,3 +156,48 @@ def print_estimate(trainer: Any) -> None:
         estimate = estimate_run(trainer, steps)
         if trainer.is_main:
             print(estimate.describe(str(trainer.device), steps), flush=True)
+
+
+#: Pairs of the synthetic stand-in (decoded once and cached: data loading is not timed).
+STAND_IN_PAIRS = 4
+
+
+def stand_in_config(cfg: dict) -> dict | None:
+    """The run config on synthetic stand-in images of the recipe's size (``recipe.image_size``)
+    when its data root is absent; None when the data is there (or the recipe says no size).
+
+    Step times depend on the crop and task sizes, not on what the images show, so a few
+    stand-in pairs time the steps; :func:`project` then counts them for the recipe's dataset
+    (``recipe.pairs``). Decoding is not timed (the stand-in is cached)."""
+    from pathlib import Path
+
+    from ..tasks import get_task
+
+    recipe, dc = cfg.get("recipe") or {}, cfg["dataset"]
+    if not recipe.get("image_size") or not recipe.get("pairs") or dc["name"] == "synthetic":
+        return None
+    if dc.get("root") and Path(dc["root"]).is_dir():
+        return None
+    out = copy.deepcopy(cfg)
+    out["dataset"] = {**dc, "name": "synthetic", "root": None, "train_split": "train", "test_split": "test",
+                      "options": {"length": STAND_IN_PAIRS, "size": list(recipe["image_size"]),
+                                  "target": get_task(cfg["task"]["name"]).target_kind}}
+    out["data"] = {**cfg["data"], "cache": True}
+    out["task"] = {k: v for k, v in cfg["task"].items() if k not in ("weights", "trust_weights")}
+    return out
+
+
+def project(estimate: RunEstimate, cfg: dict, train_pairs: int, test_pairs: int) -> RunEstimate:
+    """``estimate``'s step times counted for a whole run of ``cfg`` on a dataset of
+    ``train_pairs``/``test_pairs`` pairs (one process, from the start)."""
+    import math
+
+    tc, dc, rc = cfg["train"], cfg["data"], cfg["run"]
+    epochs = int(tc["epochs"])
+    meta_epochs = max(0, epochs - int(tc["warmup_epochs"]))
+    fusion = int(tc["fusion_steps"]) if tc["fusion_steps"] is not None else math.ceil(train_pairs / dc["batch_size"])
+    evaluations = epochs // rc["eval_every"] if rc["eval_every"] and test_pairs else 0
+    pairs = min(test_pairs, rc["eval_limit"] or test_pairs)
+    meta = 0 if estimate.meta_seconds is None else meta_epochs * int(tc["meta_steps"])
+    return RunEstimate(estimate.meta_seconds, estimate.fusion_seconds, estimate.eval_seconds_per_pair,
+                       meta, fusion * epochs, evaluations, pairs)
