@@ -15,7 +15,14 @@ Steps (each a ``tdfusion`` command in its own process, as a user would run it):
 4. amp_training: 50 training steps with ``train.precision`` fp16 (CUDA) or bf16 (CPU);
 5. torchrun: a one-process ``torchrun`` run (NCCL on CUDA, Gloo on CPU);
 6. resume_after_sigkill: a run killed with SIGKILL while writing its second checkpoint,
-   then ``--resume``d to the end.
+   then ``--resume``d to the end;
+7. batched_throughput (issue 25): the network's pairs/s at batch 1/8/32, float32 and
+   bfloat16, 640x480 and 1280x1024, and batch N against batch 1 in float32;
+8. fuse_folder: ``tdfusion fuse`` over 200 640x480 pairs at the default batch and at 1;
+9. vs_official: the official network beside ``tdfusion fuse`` in the same run (needs
+   ``--official ReFusion.py``);
+10. training_data_time: the seg recipe's step times at its sizes and the share of each
+    phase spent waiting for data.
 
 A failed step is recorded (its error's last lines) and the others still run; the exit
 status is 1 if any step failed. Needs the shared data folder (``--data``) for step 1.
@@ -176,6 +183,130 @@ def step_resume_after_sigkill(opts, tmp: Path) -> dict:
     return {"steps_before_kill": before, "steps_after_resume": len(steps), "killed_by": "SIGKILL"}
 
 
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def step_batched_throughput(opts, tmp: Path) -> dict:
+    """Issue 25, item 2: the fusion network's pairs/s at batch 1, 8 and 32, float32 and
+    bfloat16, at 640x480 and 1280x1024 (random images on the device: the network alone),
+    and each batch's float32 outputs against batch 1's. Batches that do not fit the
+    device's free memory are shrunk (``batch_that_fits``) and say so."""
+    import torch
+
+    from tdfusion.nets import create_model
+    from tdfusion.nets.band_plan import batch_that_fits
+
+    sizes = [(48, 64)] if opts.quick else [(480, 640), (1024, 1280)]
+    batches = [1, 2] if opts.quick else [1, 8, 32]
+    repeats = 1 if opts.quick else 5
+    torch.manual_seed(0)
+    net = create_model("fusion").to(opts.device).eval()
+    out = []
+    for h, w in sizes:
+        a, b = torch.rand(max(batches), 1, h, w), torch.rand(max(batches), 1, h, w)
+        for precision in ("float32", "bfloat16"):
+            model = net.to(getattr(torch, precision))  # in place: float32 again for the next size
+            for n in batches:
+                fits = batch_that_fits(net, h, w, n, None, opts.device, 4 if precision == "float32" else 2)
+                if fits < 1:
+                    out.append({"size": f"{w}x{h}", "precision": precision, "batch": n, "fits": 0})
+                    continue
+                x = a[:fits].to(opts.device, getattr(torch, precision))
+                y = b[:fits].to(opts.device, getattr(torch, precision))
+                with torch.inference_mode():
+                    model(x, y)  # warm-up
+                    times = []
+                    for _ in range(repeats):
+                        _sync(opts.device)
+                        t0 = time.perf_counter()
+                        res = model(x, y)
+                        _sync(opts.device)
+                        times.append(time.perf_counter() - t0)
+                times.sort()
+                row = {"size": f"{w}x{h}", "precision": precision, "batch": n, "fits": fits,
+                       "median_s": times[len(times) // 2], "pairs_per_s": fits / times[len(times) // 2]}
+                if precision == "float32":  # each pair of the batch against its own batch-1 call
+                    with torch.inference_mode():
+                        singles = torch.cat([model(x[i:i + 1], y[i:i + 1]) for i in range(min(fits, 4))])
+                    row["max_abs_diff_vs_batch1"] = float((res[:len(singles)].float() - singles.float()).abs().max())
+                out.append(row)
+        net.float()
+    return {"rows": out, "targets_h100_640x480_pairs_per_s": {"float32": 150, "bfloat16": 300},
+            "bar_vs_batch1_float32": 1e-4}
+
+
+def step_fuse_folder(opts, tmp: Path) -> dict:
+    """Issue 25, item 2: ``tdfusion fuse`` on a folder of 200 640x480 pairs (what compare's
+    fusing does per checkpoint, I/O included), at the default batch and at --batch 1."""
+    import torch
+
+    from tdfusion.checkpoint import module_record, save_checkpoint
+    from tdfusion.nets import create_model
+
+    n, (h, w) = (6, (48, 64)) if opts.quick else (200, (480, 640))
+    data = tmp / "folder_pairs"
+    tdfusion(["synth", "--out", data, "--train", n, "--test", 0, "--size", h, w], timeout=600)
+    torch.manual_seed(0)
+    ckpt = tmp / "folder_net.pt"
+    save_checkpoint({"fusion": module_record("fusion", create_model("fusion"))}, ckpt)
+    out = {}
+    for label, extra in (("default", []), ("batch_1", ["--batch", "1"])):
+        dest = tmp / f"folder_{label}"
+        t0 = time.perf_counter()
+        tdfusion(["fuse", "--checkpoint", ckpt, "--a", data / "train" / "ir", "--b", data / "train" / "vi",
+                  "--out", dest, "--device", opts.device, *extra], timeout=600)
+        seconds = time.perf_counter() - t0
+        out[label] = {"pairs": n, "seconds_with_startup": round(seconds, 2), "pairs_per_s": round(n / seconds, 2)}
+    return out
+
+
+def step_vs_official(opts, tmp: Path) -> dict:
+    """Issue 25, item 2: the official network's forward beside ``tdfusion fuse`` in the same
+    run (``tdfusion bench --vs-official``); needs the official ``ReFusion.py`` (--official),
+    which this repository does not ship."""
+    if not opts.official:
+        return {"skipped": "no --official ReFusion.py given (the released network file; not shipped here)"}
+    root = opts.data / "refusion"
+    ckpt = root / "models" / "ReFusion_IVIF.pth"
+    pairs = opts.data / "msrs_det" / "test"
+    return _bench(opts, tmp, "vs_official", ["--vs-official", opts.official, "--checkpoint", ckpt,
+                                            "--a", pairs / "ir", "--b", pairs / "vi"], timeout=600)
+
+
+def step_training_data_time(opts, tmp: Path) -> dict:
+    """Issue 25, item 3: the seg recipe's steps at its sizes (synthetic 640x480 stand-in,
+    256 crops, task 240x320): seconds per meta iteration and fusion step, and the share of
+    each phase's wall time spent waiting for data (``data_s`` in the train log)."""
+    meta, fusion = (3, 4) if opts.quick else (10, 60)
+    size = "[48,64]" if opts.quick else "[480,640]"
+    crop = 32 if opts.quick else 256
+    task_size = "[48,64]" if opts.quick else "[240,320]"
+    run = tmp / "data_time"
+    extra = (["task.segformer={hidden_sizes: [8, 16, 16, 16], depths: [1, 1, 1, 1], num_attention_heads: "
+              "[1, 1, 1, 1], decoder_hidden_size: 16}"] if opts.quick else [])
+    tdfusion(["train", "--task", "seg", "--dataset", "synthetic", "--out", run, "--device", opts.device,
+              "train.epochs=1", f"train.meta_steps={meta}", f"train.fusion_steps={fusion}",
+              f"dataset.options.length={max(8, 2 * fusion)}", f"dataset.options.size={size}", f"data.crop_size={crop}",
+              f"data.task_size={task_size}", "run.eval_every=0", "run.samples=0", "run.estimate_steps=0",
+              "data.num_workers=4" if not opts.quick else "data.num_workers=0", *extra], timeout=900)
+    logs = _logged_steps(run)
+    out = {}
+    for phase in ("meta", "fusion"):
+        rows = [r for r in logs if r["phase"] == phase]
+        if len(rows) < 3:
+            continue
+        rows = rows[1:]  # the first step carries start-up costs
+        span = rows[-1]["time"] - rows[0]["time"]
+        waited = sum(r["data_s"] for r in rows[1:])
+        out[phase] = {"steps": len(rows), "seconds_per_step": span / (len(rows) - 1),
+                      "data_share": waited / span if span > 0 else None}
+    return {**out, "targets_h100": {"meta_seconds_per_step": 0.2, "fusion_busy_share": 0.9}}
+
+
 STEPS = {
     "parity": step_parity,
     "bench_inference": step_bench_inference,
@@ -183,6 +314,10 @@ STEPS = {
     "amp_training": step_amp_training,
     "torchrun": step_torchrun,
     "resume_after_sigkill": step_resume_after_sigkill,
+    "batched_throughput": step_batched_throughput,
+    "fuse_folder": step_fuse_folder,
+    "vs_official": step_vs_official,
+    "training_data_time": step_training_data_time,
 }
 
 
@@ -214,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes and fewer steps (for the CPU test)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
     p.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of " + ", ".join(STEPS))
+    p.add_argument("--official", default=None, metavar="PATH",
+                   help="the released ReFusion.py, for the vs_official step (not shipped with tdfusion)")
     opts = p.parse_args(argv)
     opts.data = Path(opts.data)
     chosen = [s.strip() for s in opts.steps.split(",") if s.strip()]

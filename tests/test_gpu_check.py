@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("parity", "bench_inference", "amp_training", "torchrun", "resume_after_sigkill")
+STEPS = ("parity", "bench_inference", "amp_training", "torchrun", "resume_after_sigkill", "batched_throughput",
+         "fuse_folder", "vs_official", "training_data_time")
 
 
 def test_gpu_check_runs_on_cpu_and_writes_one_json(shared_data, tmp_path):
@@ -35,6 +36,14 @@ def test_gpu_check_runs_on_cpu_and_writes_one_json(shared_data, tmp_path):
     assert steps["amp_training"]["figures"]["precision"] == "bf16"
     assert steps["torchrun"]["figures"]["backend"] == "gloo"
     assert steps["resume_after_sigkill"]["figures"]["steps_after_resume"] == 12
+    rows = steps["batched_throughput"]["figures"]["rows"]
+    assert {(r["precision"], r["batch"]) for r in rows} == {(p, n) for p in ("float32", "bfloat16") for n in (1, 2)}
+    assert all(r["max_abs_diff_vs_batch1"] < 1e-4 for r in rows if r["precision"] == "float32")
+    assert all(steps["fuse_folder"]["figures"][k]["pairs"] == 6 for k in ("default", "batch_1"))
+    assert "skipped" in steps["vs_official"]["figures"]  # no official network file here
+    for phase in ("meta", "fusion"):
+        share = steps["training_data_time"]["figures"][phase]["data_share"]
+        assert 0 <= share < 1, (phase, share)
 
 
 def test_gpu_check_records_a_failed_step_and_exits_1(tmp_path):

@@ -105,3 +105,18 @@ def batches(data: DataLoader) -> Iterator[dict]:
         if len(lines) > 1 and marker in lines[-1]:
             raise TDFusionError(lines[-1].split(marker, 1)[1]) from None
         raise
+
+
+def timed(items: Iterator) -> Iterator[tuple[object, float]]:
+    """``(item, seconds waited for it)``: the data time of each step (``data_s`` in the
+    train log), which says whether loading keeps the device busy."""
+    import time
+
+    iterator = iter(items)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        yield item, time.perf_counter() - start

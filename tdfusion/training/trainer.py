@@ -45,7 +45,7 @@ from ..precision import autocast, check_precision, grad_scaler
 from ..progress import progress_bar
 from ..reproducibility import seed_everything, set_determinism
 from . import distributed, run_folder
-from .batches import PHASES, Position, TrainViews, batches, loader, phase_keys, shard_batches
+from .batches import PHASES, Position, TrainViews, batches, loader, phase_keys, shard_batches, timed
 from .callbacks import Callback, default_callbacks
 from .checks import check_finite, check_values
 from .estimate import print_estimate
@@ -297,14 +297,14 @@ class MetaTrainer:
         running: dict[str, float] = {}
         with progress_bar(steps, label, enabled=steps > 0 and self.is_main) as advance:
             advance(self.pos.step)
-            for first, second in iterator:
+            for (first, second), waited in timed(iterator):
                 if self._should_stop():
                     return False
                 if phase == "meta":
                     logs = self.meta_step(self._prepare(first), self._prepare(second))
                 else:
                     logs = self.fusion_step(self._prepare(first))
-                logs = self._after_step(logs, first["stems"])
+                logs = self._after_step({**logs, "data_s": waited}, first["stems"])
                 for k, v in logs.items():
                     running[k] = 0.9 * running.get(k, v) + 0.1 * v
                 shown = ("loss_f", "loss_t_outer") if phase == "meta" else ("loss_f", "loss_t")
