@@ -21,8 +21,8 @@ Steps (each a ``tdfusion`` command in its own process, as a user would run it):
 8. fuse_folder: ``tdfusion fuse`` over 200 640x480 pairs at the default batch and at 1;
 9. vs_official: the official network beside ``tdfusion fuse`` in the same run (needs
    ``--official ReFusion.py``);
-10. training_data_time: the seg recipe's step times at its sizes and the share of each
-    phase spent waiting for data.
+10. training_data_time: the MSRS detection recipe's step times on the real pairs and the
+    share of each phase spent waiting for data (loader workers 0 and the default).
 
 A failed step is recorded (its error's last lines) and the others still run; the exit
 status is 1 if any step failed. Needs the shared data folder (``--data``) for step 1.
@@ -278,32 +278,33 @@ def step_vs_official(opts, tmp: Path) -> dict:
 
 
 def step_training_data_time(opts, tmp: Path) -> dict:
-    """Issue 25, item 3: the seg recipe's steps at its sizes (synthetic 640x480 stand-in,
-    256 crops, task 240x320): seconds per meta iteration and fusion step, and the share of
-    each phase's wall time spent waiting for data (``data_s`` in the train log)."""
+    """Issue 25, item 3: the MSRS detection recipe's steps on the real 640x480 pairs of the
+    shared data (PNG decoding included; 256 crops, task 240x320): seconds per meta iteration
+    and fusion step, and the share of each phase's wall time spent waiting for data
+    (``data_s`` in the train log), with the loader in the training process and by default."""
+    root = opts.data / "msrs_det"
+    if not root.is_dir():
+        raise StepFailed(f"{root}: shared data not found (--data)")
     meta, fusion = (3, 4) if opts.quick else (10, 60)
-    size = "[48,64]" if opts.quick else "[480,640]"
     crop = 32 if opts.quick else 256
-    task_size = "[48,64]" if opts.quick else "[240,320]"
-    run = tmp / "data_time"
-    extra = (["task.segformer={hidden_sizes: [8, 16, 16, 16], depths: [1, 1, 1, 1], num_attention_heads: "
-              "[1, 1, 1, 1], decoder_hidden_size: 16}"] if opts.quick else [])
-    tdfusion(["train", "--task", "seg", "--dataset", "synthetic", "--out", run, "--device", opts.device,
-              "train.epochs=1", f"train.meta_steps={meta}", f"train.fusion_steps={fusion}",
-              f"dataset.options.length={max(8, 2 * fusion)}", f"dataset.options.size={size}", f"data.crop_size={crop}",
-              f"data.task_size={task_size}", "run.eval_every=0", "run.samples=0", "run.estimate_steps=0",
-              "data.num_workers=4" if not opts.quick else "data.num_workers=0", *extra], timeout=900)
-    logs = _logged_steps(run)
+    task_size = "[64,64]" if opts.quick else "[240,320]"
     out = {}
-    for phase in ("meta", "fusion"):
-        rows = [r for r in logs if r["phase"] == phase]
-        if len(rows) < 3:
-            continue
-        rows = rows[1:]  # the first step carries start-up costs
-        span = rows[-1]["time"] - rows[0]["time"]
-        waited = sum(r["data_s"] for r in rows[1:])
-        out[phase] = {"steps": len(rows), "seconds_per_step": span / (len(rows) - 1),
-                      "data_share": waited / span if span > 0 else None}
+    for workers in ("0", "auto"):  # the loader in the training process, and the default
+        run = tmp / f"data_time_{workers}"
+        tdfusion(["train", "--task", "det", "--dataset", "msrs_det", "--data-root", root, "--out", run,
+                  "--device", opts.device, "train.epochs=1", f"train.meta_steps={meta}",
+                  f"train.fusion_steps={fusion}", f"data.crop_size={crop}", f"data.task_size={task_size}",
+                  "run.eval_every=0", "run.samples=0", "run.estimate_steps=0", f"data.num_workers={workers}"],
+                 timeout=900)
+        logs = _logged_steps(run)
+        for phase in ("meta", "fusion"):
+            rows = [r for r in logs if r["phase"] == phase][1:]  # the first step carries start-up costs
+            if len(rows) < 2:
+                continue
+            span = rows[-1]["time"] - rows[0]["time"]
+            waited = sum(r["data_s"] for r in rows[1:])
+            out[f"{phase}_workers_{workers}"] = {"steps": len(rows), "seconds_per_step": span / (len(rows) - 1),
+                                                 "data_share": waited / span if span > 0 else None}
     return {**out, "targets_h100": {"meta_seconds_per_step": 0.2, "fusion_busy_share": 0.9}}
 
 

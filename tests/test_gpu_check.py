@@ -42,8 +42,9 @@ def test_gpu_check_runs_on_cpu_and_writes_one_json(shared_data, tmp_path):
     assert all(steps["fuse_folder"]["figures"][k]["pairs"] == 6 for k in ("default", "batch_1"))
     assert "skipped" in steps["vs_official"]["figures"]  # no official network file here
     for phase in ("meta", "fusion"):
-        share = steps["training_data_time"]["figures"][phase]["data_share"]
-        assert 0 <= share < 1, (phase, share)
+        for workers in ("0", "auto"):
+            share = steps["training_data_time"]["figures"][f"{phase}_workers_{workers}"]["data_share"]
+            assert 0 <= share < 1, (phase, workers, share)
 
 
 def test_gpu_check_records_a_failed_step_and_exits_1(tmp_path):

@@ -131,3 +131,17 @@ def test_estimate_of_a_recipe_without_its_data_uses_a_stand_in(tmp_path, capsys)
     # the recipe's own counts: 50 epochs x 600 meta iterations and x 1600 fusion steps, 50 evaluations of 50 pairs
     assert "30000 meta iterations" in out and "80000 fusion steps" in out and "50 evaluations x 50 pairs" in out
     assert not (tmp_path / "absent").exists()
+
+
+def test_loader_workers_auto_is_none_on_cpu_and_some_on_cuda():
+    from tdfusion.training.batches import loader_workers
+
+    assert loader_workers("auto", torch.device("cpu")) == 0
+    assert 1 <= loader_workers("auto", torch.device("cuda")) <= 4  # only the device's kind is read
+    assert loader_workers(3, torch.device("cuda")) == 3 and loader_workers(2, torch.device("cpu")) == 2
+
+
+@pytest.mark.parametrize("value", ["many", -1, 1.5])
+def test_a_bad_num_workers_is_one_line(value, tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "r"), *TINY, f"data.num_workers={value}"]) == 2
+    assert "data.num_workers" in capsys.readouterr().err

@@ -87,6 +87,18 @@ def shard_batches(keys, phase: str):
     return tuple([distributed.shard(batch) for batch in part] for part in keys)
 
 
+def loader_workers(setting: int | str, device: torch.device) -> int:
+    """``data.num_workers``: a number, or ``auto``: none on a CPU (loading takes under 1% of
+    a step there, BENCHMARKS.md "Data loading"), up to 4 on a GPU, where loading a pair
+    (about 25 ms for 640x480) is of the order of a fusion step and would idle the device.
+    The batches do not depend on it (every crop is keyed by its step, not by the worker)."""
+    import os
+
+    if setting != "auto":
+        return int(setting)
+    return min(4, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
+
+
 def loader(views: TrainViews, keys: Sequence[Batch], num_workers: int, device: torch.device) -> DataLoader:
     # A private generator: creating a loader must not consume the global torch RNG, or a
     # resumed run would diverge from an uninterrupted one.

@@ -17,7 +17,7 @@ from .runlog import LOGGERS
 __all__ = ["check_finite", "check_values"]
 
 #: (key, smallest allowed value) of the whole-number settings; None where null is allowed.
-_MINIMUM = {"data.batch_size": 1, "data.crop_size": 8, "data.num_workers": 0, "train.epochs": 1,
+_MINIMUM = {"data.batch_size": 1, "data.crop_size": 8, "train.epochs": 1,
             "train.warmup_epochs": 0,
             "train.meta_steps": 0, "train.fusion_steps": 1, "train.seed": 0, "run.save_every": 1, "run.keep": 1,
             "run.samples": 0, "run.eval_every": 0, "run.eval_limit": 1, "optim.step_size": 1}
@@ -41,6 +41,9 @@ def check_values(cfg: dict) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise TDFusionError(f"config key {key!r}: expected a whole number >= {low}, got {value!r}")
+    workers = get("data.num_workers")
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise TDFusionError(f"config key 'data.num_workers': expected auto or a whole number >= 0, got {workers!r}")
     for key, choices in _CHOICES.items():
         if get(key) not in choices:
             raise TDFusionError(f"config key {key!r}: {get(key)!r} is not one of {', '.join(choices)}")

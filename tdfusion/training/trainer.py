@@ -45,7 +45,8 @@ from ..precision import autocast, check_precision, grad_scaler
 from ..progress import progress_bar
 from ..reproducibility import seed_everything, set_determinism
 from . import distributed, run_folder
-from .batches import PHASES, Position, TrainViews, batches, loader, phase_keys, shard_batches, timed
+from .batches import (PHASES, Position, TrainViews, batches, loader, loader_workers, phase_keys, shard_batches,
+                      timed)
 from .callbacks import Callback, default_callbacks
 from .checks import check_finite, check_values
 from .estimate import print_estimate
@@ -116,7 +117,8 @@ class MetaTrainer:
         keys = shard_batches(keys, phase)
 
         def load(part):
-            return batches(loader(self.views, part, self.cfg["data"]["num_workers"], self.device))
+            return batches(loader(self.views, part, loader_workers(self.cfg["data"]["num_workers"], self.device),
+                                  self.device))
 
         if phase == "meta":
             return zip(load(keys[0]), load(keys[1])) if keys[0] else iter(())
