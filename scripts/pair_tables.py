@@ -22,6 +22,16 @@ def _scores(runs: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "train_seconds"} for r in runs]
 
 
+def _pooled(earlier: dict, later: dict, metrics: list, summarize) -> dict:
+    """One source from two files' runs: the later file's fusion runs numbered after the
+    earlier's; mean and std over all of them."""
+    offset = 1 + max(r.get("fusion_run", 0) for r in earlier["runs"])
+    runs = earlier["runs"] + [{**r, "fusion_run": r.get("fusion_run", 0) + offset} for r in later["runs"]]
+    out = summarize(runs, metrics)
+    out["fusion_runs"] = earlier.get("fusion_runs", []) + later.get("fusion_runs", [])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from tdfusion.evaluation.statistics import paired_differences
 
@@ -31,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sources", nargs="+", help="only these sources (default: all)")
     p.add_argument("--rename", nargs="+", default=[], metavar="FILE:OLD=NEW",
                    help="rename a source of one file (the i-th file is its index: 0:fixed=fixed_refusion_form)")
+    p.add_argument("--pool", action="store_true",
+                   help="a source whose runs differ between files is one method's further fusion runs (more "
+                        "fusion seeds measured later): its runs are pooled, fusion runs numbered on from the "
+                        "earlier files' (default: an error)")
     p.add_argument("--json", help="write the merged sources and their pairing")
     args = p.parse_args(argv)
     payloads = [json.loads(open(t).read()) for t in args.tables]
@@ -44,13 +58,19 @@ def main(argv: list[str] | None = None) -> int:
         where, _, change = r.partition(":")
         old, _, new = change.partition("=")
         renames[(int(where), old)] = new
+    from tdfusion.evaluation.statistics import summarize
+
     merged: dict = {}
     for i, pl in enumerate(payloads):
         for name, s in pl["sources"].items():
             name = renames.get((i, name), name)
             if name in merged:
-                if _scores(merged[name]["runs"]) != _scores(s["runs"]):
-                    sys.exit(f"source {name!r} has different runs in two files: rename one (--rename)")
+                if _scores(merged[name]["runs"]) == _scores(s["runs"]):
+                    continue  # the same source (an input image) measured again
+                if not args.pool:
+                    sys.exit(f"source {name!r} has different runs in two files: rename one (--rename), or "
+                             f"--pool them as more fusion runs")
+                merged[name] = _pooled(merged[name], s, first["metrics"], summarize)
                 continue
             merged[name] = s
     keep = [args.baseline, *(args.sources or [n for n in merged if n != args.baseline])]
