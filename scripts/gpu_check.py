@@ -183,13 +183,6 @@ def step_resume_after_sigkill(opts, tmp: Path) -> dict:
     return {"steps_before_kill": before, "steps_after_resume": len(steps), "killed_by": "SIGKILL"}
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(torch.device(device))
-
-
 def step_batched_throughput(opts, tmp: Path) -> dict:
     """Issue 25, item 2: the fusion network's pairs/s at batch 1, 8 and 32, float32 and
     bfloat16, at 640x480 and 1280x1024 (random images on the device: the network alone),
@@ -197,6 +190,7 @@ def step_batched_throughput(opts, tmp: Path) -> dict:
     device's free memory are shrunk (``batch_that_fits``) and say so."""
     import torch
 
+    from tdfusion.bench.measure import timed
     from tdfusion.nets import create_model
     from tdfusion.nets.band_plan import batch_that_fits
 
@@ -218,19 +212,12 @@ def step_batched_throughput(opts, tmp: Path) -> dict:
                 x = a[:fits].to(opts.device, getattr(torch, precision))
                 y = b[:fits].to(opts.device, getattr(torch, precision))
                 with torch.inference_mode():
-                    model(x, y)  # warm-up
-                    times = []
-                    for _ in range(repeats):
-                        _sync(opts.device)
-                        t0 = time.perf_counter()
-                        res = model(x, y)
-                        _sync(opts.device)
-                        times.append(time.perf_counter() - t0)
-                times.sort()
+                    times = sorted(timed(lambda: model(x, y), torch.device(opts.device), 1, repeats))
                 row = {"size": f"{w}x{h}", "precision": precision, "batch": n, "fits": fits,
                        "median_s": times[len(times) // 2], "pairs_per_s": fits / times[len(times) // 2]}
                 if precision == "float32":  # each pair of the batch against its own batch-1 call
                     with torch.inference_mode():
+                        res = model(x, y)
                         singles = torch.cat([model(x[i:i + 1], y[i:i + 1]) for i in range(min(fits, 4))])
                     row["max_abs_diff_vs_batch1"] = float((res[:len(singles)].float() - singles.float()).abs().max())
                 out.append(row)

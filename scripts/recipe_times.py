@@ -47,11 +47,6 @@ def parse(text: str) -> dict:
     return out
 
 
-def hms(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -72,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[path.stem] = {**parse(done.stdout), "measured_in_seconds": round(time.perf_counter() - start, 1)}
         print(f"{path.stem}: {rows[path.stem]['line']}", flush=True)
     from tdfusion.hostinfo import environment
+    from tdfusion.progress import clock
 
     payload = {"command": " ".join(["python", "scripts/recipe_times.py", *(argv or sys.argv[1:])]),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": args.device,
@@ -87,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         fusion = f"{r['fusion']['seconds_per_step']:.3g} s x {r['fusion']['steps']}"
         ev = (f"{r['eval']['seconds_per_pair']:.3g} s x {r['eval']['evaluations']} x {r['eval']['pairs']}"
               if r["eval"] else "-")
-        print(f"| `{name}` | {meta} | {fusion} | {ev} | {hms(r['total_seconds'])} | "
+        print(f"| `{name}` | {meta} | {fusion} | {ev} | {clock(r['total_seconds'])} | "
               f"{'stand-in' if r['stand_in'] else 'its data'} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,7 @@ def fuse_image_groups(net: nn.Module, pairs: Sequence[tuple[Image, Image]], batc
     """Fuse many pairs: ``(indices, [(raw, out)])`` per network call, in any order.
 
     ``batch`` None: one pair per call through :func:`fuse_images` (the banded executor: the
-    fastest path on a CPU, and bounded by ``max_memory``/``chunk_rows``). Otherwise pairs of
+    CPU default, whose speed BENCHMARKS.md measures, and bounded by ``max_memory``/``chunk_rows``). Otherwise pairs of
     one size go up to ``batch`` at a time through :func:`fuse_image_batch`, fewer when
     ``max_memory`` (or, on a GPU, its free memory) would not hold them
     (:func:`~tdfusion.nets.band_plan.batch_that_fits`); a pair too large for even one goes

@@ -201,7 +201,7 @@ def refuse_video_options(args: argparse.Namespace, what: str) -> None:
 
 def batch_size(args: argparse.Namespace, device) -> int | None:
     """Pairs per network call: ``--batch``, by default 8 on GPU; None (one pair at a time
-    through the banded executor) by default on CPU, where it is the fastest path."""
+    through the banded executor) by default on CPU (the path BENCHMARKS.md measures there)."""
     if args.batch is not None:
         if args.batch < 1:
             raise TDFusionError(f"--batch {args.batch}: must be at least 1")

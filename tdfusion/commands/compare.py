@@ -131,13 +131,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"compare: downstream preset {preset}{'' if args.preset else ' (--preset not given)'}: "
           f"{settings.epochs} epochs, batch {settings.batch_size}, input {settings.input_size}; "
           f"{len(sources)} sources x {len(seeds)} seeds = {len(sources) * len(seeds)} trainings on {device}", flush=True)
-    estimate = args.estimate or (preset == "paper" and device.type == "cpu")
-    if estimate and preset == "paper" and device.type == "cpu":
+    paper_on_cpu = preset == "paper" and device.type == "cpu"
+    if paper_on_cpu:
         print("  the paper preset is sized for a GPU: --preset fast is a CPU-sized schedule", flush=True)
     with _stop_on_sigterm():
         payload = compare(task_cfg, settings, sources, train_set, test_set, seeds=seeds, device=str(device),
                           work_dir=args.work_dir, jobs=args.jobs, limit=args.limit, baseline=args.baseline,
-                          estimate=estimate, estimate_only=args.estimate, batch=args.batch)
+                          estimate=args.estimate or paper_on_cpu, estimate_only=args.estimate, batch=args.batch)
     if payload is None:  # --estimate
         return 0
     payload.update({"task": task.name, "dataset": cfg["dataset"]["name"]})

@@ -81,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=None, metavar="N",
                    help="pairs (or video frames) of one size per network call (default: 8 on GPU, fewer when "
                         "--max-memory or the free GPU memory would not hold them; on CPU one at a time through "
-                        "the banded executor, the fastest path there). Given on CPU, the batched path runs "
+                        "the banded executor, the CPU path BENCHMARKS.md measures). Given on CPU, the batched path runs "
                         "there too; its outputs do not depend on N")
     p.add_argument("--sync", choices=("exact", "shortest"), default="exact",
                    help="video: exact (default) stops with an error when the two streams have different "

@@ -90,7 +90,8 @@ def shard_batches(keys, phase: str):
 def loader_workers(setting: int | str, device: torch.device) -> int:
     """``data.num_workers``: a number, or ``auto``: none on a CPU (loading takes under 1% of
     a step there, BENCHMARKS.md "Data loading"), up to 4 on a GPU, where loading a pair
-    (about 25 ms for 640x480) is of the order of a fusion step and would idle the device.
+    (about 25 ms for 640x480) may take longer than a step and idle the device (not yet
+    measured on a GPU: scripts/gpu_check.sh, step training_data_time).
     The batches do not depend on it (every crop is keyed by its step, not by the worker)."""
     import os
 
